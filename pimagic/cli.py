@@ -1,0 +1,188 @@
+"""`pimagic build|update|run|shell|clean|status`: the seed's make targets.
+`main(argv) -> int` is the only place that exits the process."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import select
+import shutil
+import signal
+import sys
+from collections.abc import Sequence
+
+from . import image as image_mod
+from .config import PimagicSettings, load_settings
+from .errors import PimagicError
+from .sandbox import Sandbox, docker_client, list_sandboxes
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pimagic", description="Run the pi coding agent in a hardened sandbox.")
+    p.add_argument("-w", "--workspace", default=None, help="folder mounted at /workspace (default: cwd)")
+    p.add_argument("--env-file", default=None, help="settings file (default: WORKSPACE/.env)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    for name, text in (("build", "build the sandbox image"), ("update", "rebuild the image without cache")):
+        b = sub.add_parser(name, help=text)
+        b.add_argument("--base-image", help="base image with Node >= 22.19 (PIMAGIC_BASE_IMAGE)")
+        b.add_argument("--ca-cert", action="append", default=[], metavar="PEM",
+                       help="extra CA certificate to trust (repeatable; PIMAGIC_EXTRA_CA_CERTS)")
+        b.add_argument("--toolchain", action="store_true", help="keep a C toolchain in the image")
+        b.add_argument("--tag", help="image tag (PIMAGIC_IMAGE)")
+
+    r = sub.add_parser("run", help="run pi in the sandbox: its TUI, or `run -- ARGS` (e.g. --version)")
+    r.add_argument("args", nargs=argparse.REMAINDER, help="arguments for pi (after --)")
+    sub.add_parser("shell", help="a bash shell in the sandbox, as the agent's user")
+    c = sub.add_parser("clean", help="stop and remove the workspace's sandbox container")
+    c.add_argument("--all", action="store_true", help="every pimagic container on this engine")
+    sub.add_parser("status", help="show the workspace's sandbox")
+    return p
+
+
+def _settings(args: argparse.Namespace) -> PimagicSettings:
+    overrides = {}
+    if getattr(args, "base_image", None):
+        overrides["base_image"] = args.base_image
+    if getattr(args, "ca_cert", None):
+        overrides["extra_ca_certs"] = args.ca_cert
+    if getattr(args, "toolchain", False):
+        overrides["toolchain"] = True
+    if getattr(args, "tag", None):
+        overrides["image"] = args.tag
+    return load_settings(args.workspace, env_file=args.env_file, **overrides)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = _settings(args)
+        return _COMMANDS[args.command](args, settings)
+    except PimagicError as e:
+        print(f"pimagic: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _cmd_build(args: argparse.Namespace, settings: PimagicSettings) -> int:
+    client = docker_client()
+    nocache = args.command == "update"
+    tag = image_mod.build_image(client, settings, progress=lambda line: print(line, flush=True),
+                                nocache=nocache)
+    print(f"built {tag} (pi {image_mod.pi_version()})")
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace, settings: PimagicSettings) -> int:
+    pi_args = list(args.args)
+    if pi_args and pi_args[0] == "--":
+        pi_args = pi_args[1:]
+    return _exec(settings, ["pi", *pi_args])
+
+
+def _cmd_shell(args: argparse.Namespace, settings: PimagicSettings) -> int:
+    return _exec(settings, ["bash", "-l"])
+
+
+def _cmd_clean(args: argparse.Namespace, settings: PimagicSettings) -> int:
+    client = docker_client()
+    targets = list_sandboxes(client) if args.all else [c for c in [Sandbox(settings, client).find()] if c]
+    for container in targets:
+        container.remove(force=True)
+        print(f"removed {container.name}")
+    if not targets:
+        print("nothing to clean")
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace, settings: PimagicSettings) -> int:
+    client = docker_client()
+    print(Sandbox(settings, client).status(with_stats=True))
+    tag = image_mod.image_tag(settings)
+    print(f"image {tag}: {'present' if image_mod.image_exists(client, tag) else 'missing (pimagic build)'}")
+    return 0
+
+
+def _exec(settings: PimagicSettings, cmd: list[str]) -> int:
+    """Run `cmd` in the workspace's sandbox: a TTY when we have one, plain streams otherwise."""
+    sandbox = Sandbox(settings)
+    sandbox.start(progress=lambda line: print(line, file=sys.stderr, flush=True))
+    tty = sys.stdin.isatty() and sys.stdout.isatty()
+    env = {"TERM": os.environ.get("TERM", "xterm-256color")}
+    exec_id, sock = sandbox.exec_socket(cmd, tty=tty, environment=env)
+    raw = getattr(sock, "_sock", sock)
+    try:
+        if tty:
+            _pump_tty(sandbox, exec_id, raw)
+        else:
+            _pump_plain(raw)
+    finally:
+        raw.close()
+    code = sandbox.client.api.exec_inspect(exec_id).get("ExitCode")
+    return code if code is not None else 1
+
+
+def _pump_plain(raw) -> None:
+    import socket as socket_mod
+
+    from .sandbox import _demux
+
+    if not sys.stdin.isatty():
+        data = sys.stdin.buffer.read() if not sys.stdin.closed else b""
+        if data:
+            raw.sendall(data)
+    raw.shutdown(socket_mod.SHUT_WR)
+    for stream, payload in _demux(raw):
+        target = sys.stdout.buffer if stream == 1 else sys.stderr.buffer
+        target.write(payload)
+        target.flush()
+
+
+def _pump_tty(sandbox: Sandbox, exec_id: str, raw) -> None:
+    """Raw-mode terminal <-> exec socket, with window resizes forwarded."""
+    import termios
+    import tty as tty_mod
+
+    fd_in, fd_out = sys.stdin.fileno(), sys.stdout.fileno()
+
+    def resize(*_: object) -> None:
+        cols, rows = shutil.get_terminal_size()
+        try:
+            sandbox.client.api.exec_resize(exec_id, height=rows, width=cols)
+        except Exception:
+            pass
+
+    old = termios.tcgetattr(fd_in)
+    previous = signal.signal(signal.SIGWINCH, resize)
+    try:
+        tty_mod.setraw(fd_in)
+        resize()
+        while True:
+            ready, _, _ = select.select([raw, fd_in], [], [])
+            if raw in ready:
+                data = raw.recv(65536)
+                if not data:
+                    return
+                os.write(fd_out, data)
+            if fd_in in ready:
+                data = os.read(fd_in, 65536)
+                if not data:
+                    return
+                raw.sendall(data)
+    finally:
+        termios.tcsetattr(fd_in, termios.TCSADRAIN, old)
+        signal.signal(signal.SIGWINCH, previous)
+
+
+_COMMANDS = {
+    "build": _cmd_build,
+    "update": _cmd_build,
+    "run": _cmd_run,
+    "shell": _cmd_shell,
+    "clean": _cmd_clean,
+    "status": _cmd_status,
+}
+
+if __name__ == "__main__":
+    raise SystemExit(main())

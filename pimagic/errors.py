@@ -1,0 +1,77 @@
+"""One exception tree, so callers (the magic, the CLI) can turn any failure
+into one short, actionable message."""
+
+from __future__ import annotations
+
+
+class PimagicError(Exception):
+    """Base of every error pimagic raises on purpose. ``hint`` says what to do."""
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message}\n  hint: {self.hint}" if self.hint else self.message
+
+    def _render_traceback_(self) -> list[str]:
+        # IPython shows this instead of a traceback: one short, actionable message.
+        return [f"pimagic {type(self).__name__}: {self}"]
+
+
+class ConfigError(PimagicError):
+    """A setting (from `.env`, the environment, `%config` or a widget) is invalid."""
+
+    _SECRET_WORDS = ("TOKEN", "KEY", "SECRET", "PASSWORD")
+
+    def __init__(self, key: str, value: object, reason: str, *, hint: str | None = None) -> None:
+        # Never echo what may be a credential into a notebook or a log.
+        if value is None:
+            shown = key
+        elif any(w in key.upper() for w in self._SECRET_WORDS):
+            shown = f"{key}=<redacted>"
+        else:
+            shown = f"{key}={value!r}"
+        super().__init__(f"invalid setting {shown}: {reason}", hint=hint)
+        self.key = key
+        self.value = value
+
+
+class DockerUnavailableError(PimagicError):
+    """No Docker engine answers (not installed, not running, or no permission)."""
+
+
+class ImageBuildError(PimagicError):
+    """`docker build` failed; ``build_log`` holds the tail of its output."""
+
+    def __init__(self, reason: str, build_log: str = "", *, hint: str | None = None) -> None:
+        super().__init__(f"image build failed: {reason}", hint=hint)
+        self.build_log = build_log
+
+
+class ImageNotFoundError(PimagicError):
+    """The sandbox image is missing and building it was not allowed."""
+
+
+class SandboxError(PimagicError):
+    """The container could not start, died, or an exec in it failed."""
+
+    def __init__(
+        self, message: str, *, container: str | None = None, logs: str = "", hint: str | None = None
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.container = container
+        self.logs = logs
+
+
+class RpcError(PimagicError):
+    """pi's RPC channel failed: a command was rejected, timed out, or pi exited."""
+
+    def __init__(self, message: str, *, stderr: str = "", hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.stderr = stderr
+
+
+class ModelError(PimagicError):
+    """The model provider failed a turn (unreachable, HTTP error, bad key)."""

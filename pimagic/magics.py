@@ -1,0 +1,248 @@
+"""`%%pi` and `%pi`: parse, then act through a PiSession, then render.
+No direct Docker calls here."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from typing import Any
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, line_cell_magic, magics_class
+from IPython.display import display
+
+from . import changes as changes_mod
+from .config import PimagicSettings, load_settings
+from .errors import PimagicError
+from .parsers import HELP_TEXT, CellArgs, LineCommand, interpolate, parse_cell_args, parse_line
+from .render import PiResult, TurnRenderer
+from .session import PiSession
+
+RESULT_VAR = "_pi"
+
+
+def conversation_key(shell: Any) -> str:
+    """Which conversation this kernel continues: the notebook's path when Jupyter tells us
+    (so a restarted kernel resumes it), else one fresh key per process."""
+    explicit = os.environ.get("PIMAGIC_CONVERSATION")
+    if explicit:
+        return explicit
+    notebook = os.environ.get("JPY_SESSION_NAME") or (shell.user_ns.get("__session__") if shell else None)
+    if notebook:
+        return "nb-" + os.path.basename(str(notebook)).removesuffix(".ipynb")
+    return f"kernel-{uuid.uuid4().hex[:8]}"
+
+
+def _in_kernel(shell: Any) -> bool:
+    return shell is not None and hasattr(shell, "kernel")
+
+
+class _LiveOutput:
+    """A display handle updated while a turn streams; plain prints outside a kernel."""
+
+    def __init__(self, shell: Any, quiet: bool) -> None:
+        self.live = _in_kernel(shell) and not quiet
+        self.handle = None
+
+    def emit(self, bundle: dict, final: bool) -> None:
+        if not self.live:
+            return
+        if self.handle is None:
+            self.handle = display(bundle, raw=True, display_id=True)
+        else:
+            self.handle.update(bundle, raw=True)
+
+    def close(self) -> None:
+        # The cell's return value carries the final, static output: empty the live area.
+        if self.handle is not None:
+            self.handle.update({"text/plain": ""}, raw=True)
+
+
+class _Progress:
+    """Image-build / start-up progress in one updating line."""
+
+    def __init__(self, shell: Any) -> None:
+        self.kernel = _in_kernel(shell)
+        self.handle = None
+
+    def __call__(self, line: str) -> None:
+        line = line.strip()
+        if not line:
+            return
+        text = f"pimagic: {line[:200]}"
+        if not self.kernel:
+            print(text, flush=True)
+        elif self.handle is None:
+            self.handle = display({"text/plain": text}, raw=True, display_id=True)
+        else:
+            self.handle.update({"text/plain": text}, raw=True)
+
+    def done(self) -> None:
+        if self.handle is not None:
+            self.handle.update({"text/plain": ""}, raw=True)
+
+
+@magics_class
+class PiMagics(Magics):
+    """`%%pi PROMPT` talks to pi in the sandbox; `%pi help` lists the line subcommands."""
+
+    def __init__(self, shell: Any = None, settings: PimagicSettings | None = None) -> None:
+        super().__init__(shell)
+        self.settings = settings or load_settings(parent=shell)
+        self._session: PiSession | None = None
+        self.settings.observe(self._on_paranoid, names=["paranoid"])
+
+    @property
+    def session(self) -> PiSession:
+        if self._session is None:
+            self._session = PiSession(self.settings, conversation_key(self.shell))
+        return self._session
+
+    def _on_paranoid(self, change: dict) -> None:
+        # Policy lives in a root-only file in the running sandbox; the next gh call reads it.
+        if self._session is not None and self._session.sandbox.find() is not None:
+            self._session.sandbox.apply_policy()
+
+    # --- entry point -----------------------------------------------------------
+
+    @line_cell_magic
+    def pi(self, line: str, cell: str | None = None) -> Any:
+        """%%pi [-m PROVIDER/ID] [-t LEVEL] [--new] [--timeout S] [-i] [-o NAME] [-q]  +  prompt;
+        %pi status|new|abort|model|models|thinking|stop|restart|logs|settings|help"""
+        if cell is None:
+            return self._line(parse_line(line))
+        return self._cell(parse_cell_args(line), cell)
+
+    # --- %%pi --------------------------------------------------------------------
+
+    def _cell(self, args: CellArgs, cell: str) -> PiResult:
+        prompt = cell.strip()
+        if args.interpolate:
+            prompt = interpolate(prompt, self.shell.user_ns if self.shell else {})
+        if not prompt:
+            raise UsageError("%%pi needs a prompt in the cell body. See `%pi help`.")
+        session = self.session
+        progress = _Progress(self.shell)
+        live = _LiveOutput(self.shell, args.quiet)
+        renderer = TurnRenderer(live.emit)
+        try:
+            session.ensure(progress=progress)
+        finally:
+            progress.done()
+        for note in session.notes:
+            renderer.add_notice(note, warn=True)
+        session.notes.clear()
+        if args.new_session:
+            session.new_session()
+            renderer.add_notice("started a fresh pi session")
+        if args.model:
+            session.set_model(args.model.provider, args.model.id)
+        if args.thinking:
+            session.set_thinking(args.thinking)
+
+        workspace = self.settings.workspace_path
+        before = changes_mod.snapshot(workspace)
+        started = time.monotonic()
+        interrupted = False
+        try:
+            timeout = args.timeout or self.settings.turn_timeout
+            for event in session.prompt(prompt, timeout=timeout):
+                renderer.feed(event)
+        except KeyboardInterrupt:
+            # rpc.prompt's cleanup already sent `abort` and waited for agent_settled.
+            interrupted = True
+            renderer.mark_aborted("interrupted (Ctrl-C); the sandbox and the session are still usable")
+        except PimagicError as e:
+            renderer.add_error(str(e))
+        changed = changes_mod.diff(before, changes_mod.snapshot(workspace))
+        if changed.host_executable:
+            renderer.add_notice(
+                "the agent created or changed files your machine may run: "
+                + ", ".join(changed.host_executable) + " (review before running anything here)",
+                warn=True,
+            )
+        result = renderer.finish(changed.changed, time.monotonic() - started)
+        live.close()
+        if self.shell is not None:
+            self.shell.user_ns[RESULT_VAR] = result
+            if args.out:
+                self.shell.user_ns[args.out] = result
+        if interrupted:
+            display(result)
+            raise KeyboardInterrupt
+        return result
+
+    # --- %pi SUBCOMMAND -------------------------------------------------------------
+
+    def _line(self, cmd: LineCommand) -> Any:
+        handler = getattr(self, f"_do_{cmd.name}", None)
+        if handler is None:  # parse_line already validated the name
+            raise UsageError(f"%pi {cmd.name} is not implemented")
+        return handler(cmd)
+
+    def _do_help(self, cmd: LineCommand) -> None:
+        print(HELP_TEXT)
+
+    def _do_status(self, cmd: LineCommand) -> None:
+        print(self.session.sandbox.status(with_stats=True))
+        state = self.session.state()
+        if state is None:
+            print("pi: not running for this notebook (the next %%pi cell starts it)")
+            return
+        model = state.get("model") or {}
+        print(
+            f"pi: session {state.get('sessionId')}, model {model.get('provider')}/{model.get('id')}, "
+            f"thinking {state.get('thinkingLevel')}, {state.get('messageCount')} messages"
+        )
+
+    def _do_new(self, cmd: LineCommand) -> None:
+        print(f"new pi session {self.session.new_session()}")
+
+    def _do_abort(self, cmd: LineCommand) -> None:
+        print("aborted" if self.session.abort() else "nothing to abort")
+
+    def _do_model(self, cmd: LineCommand) -> None:
+        if cmd.model is not None:
+            model = self.session.set_model(cmd.model.provider, cmd.model.id)
+            self.settings.model = f"{model.get('provider', cmd.model.provider)}/{model.get('id', cmd.model.id)}"
+        state = self.session.ensure().get_state()
+        model = state.get("model") or {}
+        print(f"{model.get('provider')}/{model.get('id')}" if model else "no model selected")
+
+    def _do_models(self, cmd: LineCommand) -> None:
+        models = self.session.ensure().get_available_models()
+        if not models:
+            print("no models available: configure a provider (see `%pi settings`)")
+        for m in models:
+            print(f"{m.get('provider')}/{m.get('id')}")
+
+    def _do_thinking(self, cmd: LineCommand) -> None:
+        if cmd.thinking:
+            self.session.set_thinking(cmd.thinking)
+            self.settings.thinking = cmd.thinking if cmd.thinking != "max" else self.settings.thinking
+        print(self.session.ensure().get_state().get("thinkingLevel"))
+
+    def _do_stop(self, cmd: LineCommand) -> None:
+        self.session.stop()
+        print(f"stopped {self.session.sandbox.name}")
+
+    def _do_restart(self, cmd: LineCommand) -> None:
+        progress = _Progress(self.shell)
+        self.session.restart(progress=progress)
+        progress.done()
+        print(f"restarted {self.session.sandbox.name}; session {self.session.session_id}")
+
+    def _do_logs(self, cmd: LineCommand) -> None:
+        lines = cmd.lines or 50
+        rpc = self.session.rpc
+        if rpc is not None:
+            print("--- pi stderr ---")
+            print("\n".join(rpc.stderr_tail.splitlines()[-lines:]))
+        print("--- container logs ---")
+        print(self.session.sandbox.logs(tail=lines))
+
+    def _do_settings(self, cmd: LineCommand) -> Any:
+        from .widgets import settings_panel
+
+        return settings_panel(self)

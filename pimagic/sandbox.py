@@ -1,0 +1,441 @@
+"""Container lifecycle for one workspace. `container_kwargs()` is where the
+hardening lives; everything else finds, starts, stops and execs."""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import os
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import image as image_mod
+from .config import PimagicSettings
+from .errors import DockerUnavailableError, SandboxError
+
+LABEL_MANAGED = "org.pimagic.managed"
+LABEL_WORKSPACE = "org.pimagic.workspace"
+LABEL_RUN_CONFIG = "org.pimagic.run-config"
+
+CONTAINER_HOME = "/home/pi"
+CONTAINER_WORKSPACE = "/workspace"
+CONTAINER_PI_DIR = f"{CONTAINER_HOME}/.pi/agent"
+PUT_SECRET = "/usr/local/lib/pimagic/put-secret"
+HOST_GATEWAY_NAME = "host.docker.internal"
+
+# Directories never walked when looking for secret files to mask (too big, not secrets).
+_SKIP_DIRS = {".git", "node_modules", ".venv", "venv", "__pycache__", ".ipynb_checkpoints", ".tox"}
+_MASK_DEPTH = 4
+
+
+def docker_client():
+    """A docker-py client that answers, or a DockerUnavailableError saying what to do."""
+    import docker
+    import docker.errors
+
+    try:
+        client = docker.from_env(timeout=120)
+        client.ping()
+        return client
+    except docker.errors.DockerException as e:
+        text = str(e)
+        if "Permission denied" in text or "PermissionError" in text:
+            hint = (
+                "your user may not use the Docker socket: add it to the `docker` group "
+                "(sudo usermod -aG docker $USER, then log in again) or use rootless Docker"
+            )
+        elif "FileNotFoundError" in text or "Connection refused" in text or "No such file" in text:
+            hint = "no Docker engine is running: start it (sudo systemctl start docker, or `dockerd &`)"
+        else:
+            hint = "check that `docker info` works for this user (DOCKER_HOST, socket permissions)"
+        raise DockerUnavailableError(f"cannot reach the Docker engine: {text}", hint=hint) from None
+
+
+@dataclass(frozen=True)
+class SandboxStatus:
+    name: str
+    state: str  # running | exited | missing | ...
+    image: str | None = None
+    started_at: str | None = None
+    uptime: float | None = None
+    memory_bytes: int | None = None
+    memory_limit: int | None = None
+    stale: bool = False  # run options changed since the container was created
+
+    def __str__(self) -> str:
+        parts = [f"{self.name}: {self.state}"]
+        if self.image:
+            parts.append(f"image {self.image}")
+        if self.uptime is not None:
+            parts.append(f"up {int(self.uptime)}s")
+        if self.memory_bytes is not None:
+            parts.append(f"memory {self.memory_bytes / 2**20:.0f} MiB")
+        if self.stale:
+            parts.append("settings changed: `%pi restart` to apply")
+        return ", ".join(parts)
+
+
+def _docker_size(text: str) -> int:
+    units = {"b": 1, "k": 2**10, "m": 2**20, "g": 2**30}
+    text = text.strip().lower()
+    if text[-1] in units:
+        return int(float(text[:-1]) * units[text[-1]])
+    return int(text)
+
+
+class Sandbox:
+    """The long-lived container of one workspace: same folder, same container."""
+
+    def __init__(self, settings: PimagicSettings, client: Any = None) -> None:
+        self.settings = settings
+        self._client = client
+
+    @property
+    def client(self):
+        if self._client is None:
+            self._client = docker_client()
+        return self._client
+
+    @property
+    def name(self) -> str:
+        return self.settings.container_name
+
+    # --- host-side preparation -------------------------------------------
+
+    def _prepare_host_dirs(self) -> Path:
+        """Create pi's data dir, writable by the container's uid; return the mask file."""
+        s = self.settings
+        if not s.workspace_path.is_dir():
+            raise SandboxError(
+                f"workspace {s.workspace_path} is not a directory", hint="set PimagicSettings.workspace"
+            )
+        pi_dir = s.pi_data_path
+        pi_dir.mkdir(parents=True, exist_ok=True)
+        if os.getuid() == 0:  # root on the host: hand the dir to the sandbox's uid
+            for path in (pi_dir, *pi_dir.rglob("*")):
+                os.lchown(path, s.uid, s.gid)
+        mask = pi_dir.parent / "empty-mask"
+        if not mask.exists():
+            mask.write_bytes(b"")
+        mask.chmod(0o444)
+        return mask
+
+    def masked_files(self) -> list[Path]:
+        """Workspace files matching the secret patterns: hidden from the sandbox."""
+        root = self.settings.workspace_path
+        patterns = self.settings.secret_patterns
+        keep = set(self.settings.keep_visible)
+        found: list[Path] = []
+        for dirpath, dirnames, filenames in os.walk(root):
+            depth = len(Path(dirpath).relative_to(root).parts)
+            dirnames[:] = [d for d in dirnames if d not in _SKIP_DIRS and depth < _MASK_DEPTH]
+            for name in filenames:
+                if name not in keep and any(fnmatch.fnmatch(name, p) for p in patterns):
+                    path = Path(dirpath, name)
+                    if path.is_file() and not path.is_symlink():
+                        found.append(path)
+        return sorted(found)
+
+    def _mounts(self, mask: Path) -> list[Any]:
+        from docker.types import Mount
+
+        s = self.settings
+        mounts = [
+            Mount(CONTAINER_WORKSPACE, str(s.workspace_path), type="bind"),
+            Mount(CONTAINER_PI_DIR, str(s.pi_data_path), type="bind"),
+        ]
+        for path in self.masked_files():
+            target = f"{CONTAINER_WORKSPACE}/{path.relative_to(s.workspace_path).as_posix()}"
+            mounts.append(Mount(target, str(mask), type="bind", read_only=True))
+        return mounts
+
+    # --- run options: the hardening ----------------------------------------
+
+    def container_kwargs(self, image: str, mask: Path) -> dict[str, Any]:
+        """Everything passed to `containers.run`; the kernel-enforced limits live here."""
+        s = self.settings
+        noexec = "noexec,nosuid,nodev"
+        env = {"HOME": CONTAINER_HOME, "TERM": "xterm-256color", "PI_CODING_AGENT_DIR": CONTAINER_PI_DIR}
+        git_config: list[tuple[str, str]] = []
+        if s.git_name:
+            env.update(GIT_AUTHOR_NAME=s.git_name, GIT_COMMITTER_NAME=s.git_name)
+        if s.git_email:
+            env.update(GIT_AUTHOR_EMAIL=s.git_email, GIT_COMMITTER_EMAIL=s.git_email)
+        if s.git_gpg_key:
+            git_config.append(("user.signingkey", s.git_gpg_key))
+        if s.git_gpg_sign:
+            git_config.append(("commit.gpgsign", "true"))
+        if git_config:
+            env["GIT_CONFIG_COUNT"] = str(len(git_config))
+            for i, (key, value) in enumerate(git_config):
+                env[f"GIT_CONFIG_KEY_{i}"], env[f"GIT_CONFIG_VALUE_{i}"] = key, value
+        memory = _docker_size(s.memory)
+        kwargs: dict[str, Any] = {
+            "image": image,
+            "name": self.name,
+            "hostname": "pimagic",
+            "detach": True,
+            "init": True,
+            "user": f"{s.uid}:{s.gid}",
+            "working_dir": CONTAINER_WORKSPACE,
+            "environment": env,
+            "labels": {LABEL_MANAGED: "1", LABEL_WORKSPACE: str(s.workspace_path)},
+            "mounts": self._mounts(mask),
+            "read_only": True,
+            "tmpfs": {
+                "/tmp": f"rw,{noexec},size={s.tmpfs_size}",
+                CONTAINER_HOME: f"rw,{noexec},size={s.tmpfs_size},uid={s.uid},gid={s.gid},mode=0700",
+                "/run/pimagic": f"rw,{noexec},size=1m,mode=0700",
+            },
+            "cap_drop": ["ALL"],
+            # no-new-privileges stays off on purpose: the setuid vault needs it, and
+            # with an empty capability bounding set setuid root grants uid 0 only.
+            "mem_limit": memory,
+            "memswap_limit": memory,
+            "nano_cpus": int(s.cpus * 1e9),
+            "pids_limit": s.pids_limit,
+            "ulimits": _ulimits(),
+            "log_config": {"type": "json-file", "config": {"max-size": "10m", "max-file": "3"}},
+            "extra_hosts": {HOST_GATEWAY_NAME: "host-gateway"},
+            "network_mode": "bridge",
+            "privileged": False,
+        }
+        kwargs["labels"][LABEL_RUN_CONFIG] = _run_config_hash(kwargs)
+        return kwargs
+
+    # --- lifecycle ---------------------------------------------------------
+
+    def find(self):
+        """The workspace's container (any state), or None."""
+        import docker.errors
+
+        try:
+            return self.client.containers.get(self.name)
+        except docker.errors.NotFound:
+            return None
+
+    def start(self, *, build: bool = True, progress=None) -> Any:
+        """Return the running container, creating it (and the image) when needed.
+
+        A container that died is removed and replaced; the workspace and pi's
+        data live on the host, so nothing is lost.
+        """
+        container = self.find()
+        if container is not None:
+            container.reload()
+            if container.status == "running":
+                return container
+            if container.status in ("created", "exited", "dead"):
+                container.remove(force=True)
+        image = image_mod.ensure_image(self.client, self.settings, build=build, progress=progress)
+        mask = self._prepare_host_dirs()
+        kwargs = self.container_kwargs(image, mask)
+        import docker.errors
+
+        try:
+            container = self.client.containers.run(**kwargs)
+        except docker.errors.APIError as e:
+            if e.status_code == 409:  # another kernel created it a moment ago
+                return self._wait_running(self.find())
+            stale = self.find()
+            if stale is not None:
+                stale.remove(force=True)
+            raise SandboxError(
+                f"could not start the sandbox: {e.explanation or e}", container=self.name
+            ) from e
+        try:
+            container = self._wait_running(container)
+            self.put_secret("github_token", self.settings.github_token.encode())
+            self.apply_policy()
+        except Exception:
+            logs = _safe_logs(container)
+            container.remove(force=True)
+            raise SandboxError(
+                "the sandbox died while starting", container=self.name, logs=logs,
+                hint="see the container logs above; `pimagic build --no-cache` rebuilds the image",
+            ) from None
+        return container
+
+    def _wait_running(self, container, timeout: float = 30.0):
+        deadline = time.monotonic() + timeout
+        while container is not None and time.monotonic() < deadline:
+            container.reload()
+            if container.status == "running":
+                return container
+            if container.status in ("exited", "dead"):
+                break
+            time.sleep(0.1)
+        logs = _safe_logs(container) if container is not None else ""
+        raise SandboxError("the sandbox container is not running", container=self.name, logs=logs)
+
+    def running(self):
+        """The running container, or a SandboxError saying it is gone."""
+        container = self.find()
+        if container is None:
+            raise SandboxError(f"sandbox {self.name} does not exist", container=self.name)
+        container.reload()
+        if container.status != "running":
+            code = container.attrs.get("State", {}).get("ExitCode")
+            raise SandboxError(
+                f"sandbox {self.name} is {container.status} (exit code {code})",
+                container=self.name, logs=_safe_logs(container),
+            )
+        return container
+
+    def stop(self, timeout: int = 5) -> bool:
+        container = self.find()
+        if container is None:
+            return False
+        container.stop(timeout=timeout)
+        return True
+
+    def remove(self) -> bool:
+        container = self.find()
+        if container is None:
+            return False
+        container.remove(force=True)
+        return True
+
+    def restart(self, *, progress=None) -> Any:
+        self.remove()
+        return self.start(progress=progress)
+
+    def status(self, *, with_stats: bool = False) -> SandboxStatus:
+        container = self.find()
+        if container is None:
+            return SandboxStatus(self.name, "missing")
+        container.reload()
+        state = container.attrs.get("State", {})
+        started = state.get("StartedAt")
+        uptime = None
+        if container.status == "running" and started:
+            from datetime import datetime, timezone
+
+            begun = datetime.fromisoformat(started[:26].rstrip("Z") + "+00:00")
+            uptime = (datetime.now(timezone.utc) - begun).total_seconds()
+        memory = limit = None
+        if with_stats and container.status == "running":
+            stats = container.stats(stream=False)
+            memory = stats.get("memory_stats", {}).get("usage")
+            limit = stats.get("memory_stats", {}).get("limit")
+        tags = container.image.tags if container.image else []
+        stale = False
+        if container.status == "running":
+            try:
+                current = self.container_kwargs(container.attrs["Config"]["Image"], self._mask_path())
+                want = current["labels"][LABEL_RUN_CONFIG]
+                stale = container.labels.get(LABEL_RUN_CONFIG) != want
+            except Exception:
+                stale = False
+        return SandboxStatus(
+            self.name, container.status, tags[0] if tags else container.attrs["Config"]["Image"],
+            started, uptime, memory, limit, stale,
+        )
+
+    def _mask_path(self) -> Path:
+        return self.settings.pi_data_path.parent / "empty-mask"
+
+    def logs(self, tail: int = 100) -> str:
+        container = self.find()
+        return _safe_logs(container, tail) if container is not None else ""
+
+    # --- exec --------------------------------------------------------------
+
+    def exec(
+        self, cmd: list[str], *, user: str | None = None, environment: dict | None = None,
+        workdir: str | None = None, stdin: bytes | None = None,
+    ) -> tuple[int, bytes, bytes]:
+        """Run a command to completion; returns (exit code, stdout, stderr)."""
+        exec_id, sock = self.exec_socket(cmd, user=user, environment=environment, workdir=workdir)
+        raw = getattr(sock, "_sock", sock)
+        try:
+            if stdin is not None:
+                raw.sendall(stdin)
+            raw.shutdown(socket.SHUT_WR)
+            out, err = bytearray(), bytearray()
+            for stream, payload in _demux(raw):
+                (out if stream == 1 else err).extend(payload)
+        finally:
+            raw.close()
+        code = self.client.api.exec_inspect(exec_id).get("ExitCode")
+        return (code if code is not None else -1), bytes(out), bytes(err)
+
+    def exec_socket(
+        self, cmd: list[str], *, user: str | None = None, environment: dict | None = None,
+        workdir: str | None = None, tty: bool = False,
+    ) -> tuple[str, Any]:
+        """Start a command attached to a socket (stdin open): pi's RPC channel or a TTY."""
+        container = self.running()
+        exec_id = self.client.api.exec_create(
+            container.id, cmd, stdin=True, stdout=True, stderr=True, tty=tty,
+            user=user or "", environment=environment, workdir=workdir,
+        )["Id"]
+        sock = self.client.api.exec_start(exec_id, socket=True, tty=tty)
+        return exec_id, sock
+
+    # --- secrets and policy (root-owned files the agent's uid cannot read) -------
+
+    def put_secret(self, name: str, data: bytes) -> None:
+        """Write /run/pimagic/NAME as root, mode 0400, through stdin: never in env, args or logs."""
+        code, _, err = self.exec([PUT_SECRET, name], user="0:0", stdin=data)
+        if code != 0:
+            raise SandboxError(
+                f"could not store the {name} secret in the sandbox (exit {code}): "
+                f"{err.decode(errors='replace').strip()}", container=self.name,
+            )
+
+    def apply_policy(self) -> None:
+        """Push security policy (paranoid mode) where only root can write it; the next gh call reads it."""
+        self.put_secret("policy", f"paranoid={1 if self.settings.paranoid else 0}\n".encode())
+
+
+def _demux(raw: socket.socket) -> Iterator[tuple[int, bytes]]:
+    """Docker's multiplexed exec stream: 8-byte header (stream, size) then payload."""
+    buf = b""
+    while True:
+        chunk = raw.recv(65536)
+        if not chunk:
+            return
+        buf += chunk
+        while len(buf) >= 8:
+            size = int.from_bytes(buf[4:8], "big")
+            if len(buf) < 8 + size:
+                break
+            yield buf[0], buf[8 : 8 + size]
+            buf = buf[8 + size :]
+
+
+def _ulimits() -> list[Any]:
+    from docker.types import Ulimit
+
+    return [Ulimit(name="nofile", soft=4096, hard=8192), Ulimit(name="core", soft=0, hard=0)]
+
+
+def _run_config_hash(kwargs: dict[str, Any]) -> str:
+    """A digest of the run options, so a changed setting shows the container is stale."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in sorted(value.items()) if k != LABEL_RUN_CONFIG}
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        return value if isinstance(value, (str, int, float, bool, type(None))) else repr(dict(value))
+
+    return hashlib.sha256(json.dumps(plain(kwargs), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _safe_logs(container, tail: int = 50) -> str:
+    try:
+        return container.logs(tail=tail).decode(errors="replace")
+    except Exception:
+        return ""
+
+
+def list_sandboxes(client) -> list[Any]:
+    """Every pimagic container on this engine (for `pimagic clean --all`)."""
+    return client.containers.list(all=True, filters={"label": f"{LABEL_MANAGED}=1"})

@@ -1,0 +1,184 @@
+"""One conversation with pi inside the workspace's sandbox.
+
+pi runs as `pi --mode rpc --session-id ID` through a `docker exec` whose stdin
+stays open for the conversation's life. The session id is kept on the host per
+conversation key, so a restarted kernel or a replaced container continues the
+same persisted pi session; different keys (two notebooks in one folder) get
+different pi processes and sessions, so their events never interleave.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from . import piconfig
+from .config import PimagicSettings
+from .errors import RpcError, SandboxError
+from .rpc import RpcClient, SocketTransport
+from .sandbox import Sandbox
+
+Progress = Callable[[str], None]
+READY_TIMEOUT = 90.0
+
+
+def _slug(text: str) -> str:
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-._")
+    return slug[:48] or "default"
+
+
+class PiSession:
+    """A pi RPC process in the sandbox for one conversation key."""
+
+    def __init__(self, settings: PimagicSettings, key: str = "default", *, client: Any = None) -> None:
+        self.settings = settings
+        self.key = _slug(key)
+        self.sandbox = Sandbox(settings, client)
+        self.rpc: RpcClient | None = None
+        self._container_id: str | None = None
+        self.notes: list[str] = []  # what happened to the sandbox since the last turn
+
+    # --- persisted conversation identity -----------------------------------
+
+    @property
+    def _state_path(self) -> Path:
+        return self.settings.pi_data_path.parent / "conversations" / f"{self.key}.json"
+
+    def _load_session_id(self) -> str | None:
+        try:
+            return json.loads(self._state_path.read_text()).get("session_id")
+        except (OSError, ValueError):
+            return None
+
+    def _save_session_id(self, session_id: str) -> None:
+        self._state_path.parent.mkdir(parents=True, exist_ok=True)
+        self._state_path.write_text(json.dumps({"session_id": session_id}) + "\n")
+
+    @property
+    def session_id(self) -> str:
+        sid = self._load_session_id()
+        if not sid:
+            sid = f"{self.key}-{uuid.uuid4().hex[:12]}"
+            self._save_session_id(sid)
+        return sid
+
+    # --- lifecycle -----------------------------------------------------------
+
+    def alive(self) -> bool:
+        if self.rpc is None or self.rpc.closed:
+            return False
+        container = self.sandbox.find()
+        if container is None or container.id != self._container_id:
+            return False
+        container.reload()
+        return container.status == "running"
+
+    def ensure(self, *, progress: Progress | None = None) -> RpcClient:
+        """A ready RPC client, starting (or replacing a dead) sandbox and pi as needed."""
+        if self.rpc is not None and self.alive():
+            return self.rpc
+        if self.rpc is not None:
+            self._note_loss()
+            self.rpc.close(timeout=1)
+            self.rpc = None
+        container = self.sandbox.start(progress=progress)
+        self._container_id = container.id
+        self.configure_pi()
+        cmd = ["pi", "--mode", "rpc", "--session-id", self.session_id]
+        _, sock = self.sandbox.exec_socket(cmd)
+        rpc = RpcClient(SocketTransport(sock))
+        try:
+            state = rpc.wait_ready(READY_TIMEOUT)
+        except RpcError as e:
+            rpc.close(timeout=1)
+            raise SandboxError(
+                f"pi did not start in the sandbox: {e.message}", container=self.sandbox.name,
+                logs=e.stderr, hint="`%pi logs` shows the container's output",
+            ) from None
+        self.rpc = rpc
+        self._apply_model(rpc, state)
+        return rpc
+
+    def _note_loss(self) -> None:
+        container = self.sandbox.find()
+        if container is None:
+            what = "the sandbox container was removed"
+        else:
+            container.reload()
+            code = container.attrs.get("State", {}).get("ExitCode")
+            what = (
+                f"the sandbox container stopped ({container.status}, exit code {code})"
+                if container.status != "running" or container.id != self._container_id
+                else "pi exited inside the sandbox"
+            )
+        self.notes.append(f"{what}; started a new one and resumed session {self.session_id}")
+
+    def configure_pi(self) -> None:
+        """Write pimagic's defaults into pi's settings.json (merged, never clobbered)."""
+        s = self.settings
+        values: dict[str, Any] = {}
+        if s.model:
+            provider, _, model_id = s.model.partition("/")
+            values.update(defaultProvider=provider, defaultModel=model_id)
+        if s.thinking:
+            values["defaultThinkingLevel"] = s.thinking
+        if values:
+            piconfig.merge_settings(s.pi_data_path, values, uid=s.uid, gid=s.gid)
+
+    def _apply_model(self, rpc: RpcClient, state: dict[str, Any]) -> None:
+        s = self.settings
+        if s.model:
+            provider, _, model_id = s.model.partition("/")
+            current = state.get("model") or {}
+            if (current.get("provider"), current.get("id")) != (provider, model_id):
+                rpc.set_model(provider, model_id)
+        if s.thinking and state.get("thinkingLevel") != s.thinking:
+            rpc.set_thinking_level(s.thinking)
+
+    # --- conversation --------------------------------------------------------
+
+    def prompt(self, message: str, *, timeout: float | None = None, progress: Progress | None = None
+               ) -> Iterator[dict[str, Any]]:
+        rpc = self.ensure(progress=progress)
+        return rpc.prompt(message, timeout=timeout)
+
+    def new_session(self) -> str:
+        rpc = self.ensure()
+        rpc.new_session()
+        sid = rpc.get_state().get("sessionId")
+        if sid:
+            self._save_session_id(sid)
+        return sid or ""
+
+    def set_model(self, provider: str, model_id: str) -> dict[str, Any]:
+        return self.ensure().set_model(provider, model_id)
+
+    def set_thinking(self, level: str) -> None:
+        self.ensure().set_thinking_level(level)
+
+    def state(self) -> dict[str, Any] | None:
+        if self.rpc is None or not self.alive():
+            return None
+        return self.rpc.get_state()
+
+    def abort(self) -> bool:
+        return self.rpc.abort() if self.rpc is not None and not self.rpc.closed else False
+
+    def close(self) -> None:
+        """End this conversation's pi process; the container keeps running for others."""
+        if self.rpc is not None:
+            self.rpc.close(timeout=5)
+            self.rpc = None
+
+    def stop(self) -> None:
+        self.close()
+        self.sandbox.stop()
+
+    def restart(self, *, progress: Progress | None = None) -> RpcClient:
+        self.close()
+        self.sandbox.remove()
+        return self.ensure(progress=progress)

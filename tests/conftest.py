@@ -1,0 +1,104 @@
+"""Shared fixtures: one Docker client, one image build and one scripted model
+server per test run; a fresh workspace (and so a fresh container) per test."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pimagic.config import PimagicSettings, load_settings
+from pimagic.errors import DockerUnavailableError
+
+REQUIRE_DOCKER = os.environ.get("PIMAGIC_REQUIRE_DOCKER") == "1"
+AGENT_UID = os.getuid() if os.getuid() != 0 else 1000
+AGENT_GID = os.getgid() if os.getuid() != 0 else 1000
+
+
+def _skip_or_fail(reason: str) -> None:
+    # CI sets PIMAGIC_REQUIRE_DOCKER=1: a missing engine must fail there, never pass as skipped.
+    if REQUIRE_DOCKER:
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def docker_client():
+    from pimagic.sandbox import docker_client as make_client
+
+    try:
+        return make_client()
+    except DockerUnavailableError as e:
+        _skip_or_fail(f"no Docker engine: {e}")
+
+
+@pytest.fixture(scope="session")
+def sandbox_image(docker_client) -> str:
+    """The sandbox image, built once per run from container/ (cached by content hash)."""
+    from pimagic.image import ensure_image
+
+    settings = load_settings(environ=os.environ)
+    return ensure_image(docker_client, settings, progress=None)
+
+
+def make_workspace(root: Path) -> Path:
+    """A workspace the agent's uid can write, as a user's notebook folder is theirs."""
+    root.mkdir(parents=True, exist_ok=True)
+    if os.getuid() == 0:
+        os.chown(root, AGENT_UID, AGENT_GID)
+    return root
+
+
+@pytest.fixture
+def workspace(tmp_path: Path) -> Path:
+    return make_workspace(tmp_path / "workspace")
+
+
+@pytest.fixture
+def settings(workspace: Path, tmp_path: Path, sandbox_image: str, docker_client) -> Iterator[PimagicSettings]:
+    """Settings for a throwaway workspace; its container is removed afterwards."""
+    s = load_settings(
+        workspace, environ=os.environ, pi_data_dir=str(tmp_path / "pi-data" / "agent"), image=sandbox_image
+    )
+    yield s
+    try:
+        docker_client.containers.get(s.container_name).remove(force=True)
+    except Exception:
+        pass
+
+
+@pytest.fixture(scope="session")
+def model_server(docker_client):
+    """One scripted OpenAI-compatible server for the run, reachable from containers."""
+    from pimagic.offline import start_scripted_model
+
+    server = start_scripted_model(docker_client)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def scripted(model_server, settings):
+    """The scripted server, emptied, and selected as the workspace's model."""
+    from pimagic.offline import use_scripted_model
+
+    model_server.reset()
+    use_scripted_model(settings, model_server)
+    return model_server
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if "integration" in str(item.fspath) or "security" in str(item.fspath):
+            item.add_marker(pytest.mark.docker)
+
+
+def host_pi() -> tuple[str, str] | None:
+    """(node, cli.js) of pi installed on the host by bench/install-host-pi.sh, if any."""
+    node, cli = os.environ.get("PIMAGIC_HOST_NODE"), os.environ.get("PIMAGIC_HOST_PI_CLI")
+    if node and cli and Path(cli).is_file() and shutil.which(node):
+        return node, cli
+    return None

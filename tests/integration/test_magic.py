@@ -1,0 +1,151 @@
+"""`%%pi` end to end in a real IPython shell: real container, real pi, the
+scripted model standing in for a provider."""
+
+from __future__ import annotations
+
+import _thread
+import threading
+import time
+
+import pytest
+from IPython.core.error import UsageError
+from IPython.core.interactiveshell import InteractiveShell
+
+from pimagic.magics import PiMagics
+from pimagic.scripted_model import Turn, call, error, say
+
+from conftest import AGENT_UID
+
+
+@pytest.fixture
+def shell(settings, scripted):
+    ip = InteractiveShell.instance()
+    magics = PiMagics(ip, settings)
+    ip.register_magics(magics)
+    yield ip
+    if magics._session is not None:
+        magics._session.close()
+
+
+def run(shell, body: str, line: str = ""):
+    return shell.run_cell_magic("pi", line, body)
+
+
+def user_texts(messages: list[dict]) -> list[str]:
+    out = []
+    for m in messages:
+        content = m.get("content")
+        if isinstance(content, list):
+            content = "".join(part.get("text", "") for part in content if isinstance(part, dict))
+        out.append(f"{m.get('role')}: {content}")
+    return out
+
+
+def test_cell_writes_file_owned_by_host_user_and_shows_tool_call(shell, scripted, workspace):
+    scripted.push(call("write", path="snake.py", content="print('snake')\n"), say("Wrote **snake.py**."))
+    result = run(shell, "Create a snake game in python")
+    target = workspace / "snake.py"
+    assert target.read_text() == "print('snake')\n"
+    assert target.stat().st_uid == AGENT_UID
+    assert result.text == "Wrote **snake.py**."
+    assert [c.name for c in result.tool_calls] == ["write"]
+    assert "snake.py" in result.changed_files
+    bundle = result._repr_mimebundle_()
+    assert "write" in bundle["text/plain"] and "snake.py" in bundle["text/plain"]
+    assert "<script" not in bundle["text/html"]
+    assert shell.user_ns["_pi"] is result
+
+
+def test_second_cell_continues_the_conversation_and_new_starts_fresh(shell, scripted):
+    scripted.push(say("first answer"))
+    run(shell, "remember the word pineapple")
+    scripted.push(say("second answer"))
+    run(shell, "what was the word?")
+    history = user_texts(scripted.messages(-1))
+    assert any("pineapple" in t for t in history)
+    assert any("first answer" in t for t in history)
+
+    scripted.push(say("fresh"))
+    result = run(shell, "hello again", "--new")
+    assert result.text == "fresh"
+    assert not any("pineapple" in t for t in user_texts(scripted.messages(-1)))
+
+
+def test_output_binding_and_interpolation(shell, scripted):
+    shell.user_ns["n_rows"] = 42
+    scripted.push(say("ok"))
+    result = run(shell, "the frame has {n_rows} rows", "-i -o answer")
+    assert shell.user_ns["answer"] is result
+    assert any("the frame has 42 rows" in t for t in user_texts(scripted.messages(-1)))
+
+
+def test_interrupt_aborts_the_turn_and_the_next_cell_works(shell, scripted):
+    scripted.push(Turn(text="word " * 200, chunk_size=4, chunk_delay=0.05))
+    timer = threading.Timer(2.0, _thread.interrupt_main)
+    timer.start()
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        run(shell, "talk for a long time")
+    assert time.monotonic() - started < 15
+    assert shell.user_ns["_pi"].aborted
+    scripted.reset()
+    scripted.push(say("still here"))
+    assert run(shell, "are you there?").text == "still here"
+
+
+@pytest.mark.parametrize("turn", [error(500, "model exploded"), error(429, "slow down")])
+def test_model_error_is_shown_clearly_in_bounded_time(shell, scripted, turn):
+    scripted.push(turn)
+    started = time.monotonic()
+    result = run(shell, "hi")
+    assert time.monotonic() - started < 30
+    assert result.error
+    assert "exploded" in result.error or "slow down" in result.error or "429" in result.error
+    assert "error" in result._repr_mimebundle_()["text/plain"].lower()
+
+
+def test_unreachable_model_server_is_an_error_not_a_hang(shell, settings):
+    from pimagic.offline import register_provider
+    from pimagic.scripted_model import pi_provider_config
+
+    register_provider(settings, "dead", pi_provider_config("http://host.docker.internal:9/v1", "m"),
+                      model_id="m", retry=False)
+    started = time.monotonic()
+    result = run(shell, "hi")
+    assert time.monotonic() - started < 30
+    assert result.error
+
+
+def test_killed_container_is_detected_and_history_survives(shell, scripted, settings, docker_client):
+    scripted.push(say("answer before the crash"))
+    run(shell, "remember mango")
+    docker_client.containers.get(settings.container_name).kill()
+    scripted.push(say("answer after the crash"))
+    result = run(shell, "what fruit?")
+    assert result.text == "answer after the crash"
+    plain = result._repr_mimebundle_()["text/plain"]
+    assert "resumed session" in plain
+    history = user_texts(scripted.messages(-1))
+    assert any("mango" in t for t in history)
+    assert any("answer before the crash" in t for t in history)
+
+
+@pytest.mark.parametrize(
+    "line", ["--bogus", "--model nope", "--thinking extreme", "--timeout -3", "--out 1x"]
+)
+def test_bad_options_raise_usage_error(shell, line):
+    with pytest.raises(UsageError):
+        run(shell, "hi", line)
+
+
+def test_unknown_line_subcommand_raises_usage_error(shell):
+    with pytest.raises(UsageError, match="stat"):
+        shell.run_line_magic("pi", "stauts")
+
+
+def test_status_line_magic(shell, scripted, capsys):
+    scripted.push(say("hi"))
+    run(shell, "hi")
+    shell.run_line_magic("pi", "status")
+    out = capsys.readouterr().out
+    assert "running" in out and "pimagic-scripted/scripted" in out
