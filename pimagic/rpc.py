@@ -287,9 +287,7 @@ class ProcessTransport:
                 chunks.put(stream_id)  # this pipe is done
 
         for stream_id, pipe in ((STDOUT, self.popen.stdout), (STDERR, self.popen.stderr)):
-            threading.Thread(
-                target=pump, args=(stream_id, pipe), name=f"pi-pipe-{stream_id}", daemon=True
-            ).start()
+            threading.Thread(target=pump, args=(stream_id, pipe), name=f"pi-pipe-{stream_id}", daemon=True).start()
         open_pipes = 2
         while open_pipes:
             item = chunks.get()
@@ -338,6 +336,7 @@ class _Turn:
 
     def __init__(self) -> None:
         self.events: queue.Queue[dict[str, Any] | RpcError] = queue.Queue()
+        self.settled = False  # pi sent agent_settled for this turn (set by the reader thread)
 
 
 class RpcClient:
@@ -427,9 +426,7 @@ class RpcClient:
 
     def _dispatch(self, item: dict[str, Any] | UndecodableLine) -> None:
         if isinstance(item, UndecodableLine):
-            self._note_stderr(
-                f"[pimagic: undecodable stdout line ({item.error}): {item.line[:200]!r}]\n".encode()
-            )
+            self._note_stderr(f"[pimagic: undecodable stdout line ({item.error}): {item.line[:200]!r}]\n".encode())
             return
         kind = item.get("type")
         if kind == "response":
@@ -441,12 +438,17 @@ class RpcClient:
             elif "id" not in item and item.get("success") is False:
                 self._note_stderr(f"[pimagic: pi rejected a record: {item.get('error')}]\n".encode())
             return
+        with self._lock:
+            turn = self._turn
+            if kind == "agent_settled" and turn is not None:
+                # The slot frees when pi settles, not when the consumer finishes reading: an
+                # iterator that was abandoned without close() can't block the next prompt.
+                turn.settled = True
+                self._turn = None
         if kind == "agent_start":
             self._idle.clear()
         elif kind == "agent_settled":
             self._idle.set()
-        with self._lock:
-            turn = self._turn
         if turn is not None:
             turn.events.put(item)
 
@@ -594,8 +596,11 @@ class RpcClient:
         for ``event_timeout`` seconds, if the run doesn't settle within ``timeout`` seconds, or if pi
         exits. Provider failures are *events* (see :func:`assistant_error`), not exceptions.
 
-        If iteration stops early (KeyboardInterrupt, an exception, ``close()`` or dropping the
-        iterator) the run is aborted and drained, so the client is ready for the next prompt.
+        If iteration stops early the run is aborted and drained, so the client is ready for the
+        next prompt. That happens when the generator is closed: a ``for`` loop over
+        ``client.prompt(...)`` closes it as soon as an exception (e.g. KeyboardInterrupt) escapes
+        the loop; code that keeps the iterator in a variable should call its ``close()``. Either
+        way the "turn running" slot is freed once pi settles, so ``abort()`` also unblocks.
         """
         command: dict[str, Any] = {"type": "prompt", "message": message}
         if images:
@@ -614,9 +619,7 @@ class RpcClient:
                     hint="call abort() and try again",
                 )
             deadline = None if timeout is None else time.monotonic() + timeout
-            response = self._request(
-                command, self.call_timeout if timeout is None else min(timeout, self.call_timeout)
-            )
+            response = self._request(command, self.call_timeout if timeout is None else min(timeout, self.call_timeout))
             if not response.get("success"):
                 settled = True
                 raise self._error(f"pi rejected the prompt: {response.get('error') or 'unknown error'}")
@@ -632,7 +635,7 @@ class RpcClient:
                     return
         finally:
             try:
-                if not settled and not self.closed:
+                if not settled and not turn.settled and not self.closed:
                     self._abort_quietly()
             finally:
                 with self._lock:
@@ -651,9 +654,7 @@ class RpcClient:
         except queue.Empty:
             if deadline is not None and time.monotonic() >= deadline:
                 raise self._error(f"the agent did not finish within {timeout:g}s") from None
-            raise self._error(
-                f"no event from pi for {event_timeout:g}s", hint="pi or the model may be stuck"
-            ) from None
+            raise self._error(f"no event from pi for {event_timeout:g}s", hint="pi or the model may be stuck") from None
         if isinstance(item, RpcError):
             raise item
         return item

@@ -228,9 +228,15 @@ class Sandbox:
         container = self.find()
         if container is not None:
             container.reload()
-            if container.status == "running":
+            if container.status in ("created", "restarting"):
+                # Another kernel may be starting it right now: give it a moment first.
+                try:
+                    return self._wait_running(container, timeout=15)
+                except SandboxError:
+                    container = self.find()
+            if container is not None and container.status == "running":
                 return container
-            if container.status in ("created", "exited", "dead"):
+            if container is not None:
                 container.remove(force=True)
         image = image_mod.ensure_image(self.client, self.settings, build=build, progress=progress)
         mask = self._prepare_host_dirs()

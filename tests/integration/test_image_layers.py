@@ -208,7 +208,9 @@ def test_escalation_binaries_are_gone(sandbox):
 
 
 def test_everyday_tools_are_present(sandbox):
-    code, out, err = sandbox.sh("for b in bash git gh rg python3 ps node pi; do command -v $b >/dev/null || echo $b; done")
+    code, out, err = sandbox.sh(
+        "for b in bash git gh rg python3 ps node pi; do command -v $b >/dev/null || echo $b; done"
+    )
     assert code == 0 and out == "", f"missing tools: {out} {err}"
 
 
@@ -367,7 +369,9 @@ def test_vault_ignores_the_callers_environment(sandbox):
 # --------------------------------------------------------------------- gh guard
 
 
-@pytest.mark.parametrize("command", ["auth status", "repo list", "secret list", "ssh-key list", "gpg-key list", "config list"])
+@pytest.mark.parametrize(
+    "command", ["auth status", "repo list", "secret list", "ssh-key list", "gpg-key list", "config list"]
+)
 def test_paranoid_blocks_account_commands(sandbox, command):
     sandbox.policy(paranoid=True)
     code, _, err = sandbox.sh(f"gh {command}")
@@ -395,7 +399,16 @@ def test_paranoid_off_allows_repo_help(sandbox):
 
 
 @pytest.mark.parametrize(
-    "command", ["auth token", "auth git-credential", "auth status -t", "auth status --show-token", "extension list", "ext install x", "alias list"]
+    "command",
+    [
+        "auth token",
+        "auth git-credential",
+        "auth status -t",
+        "auth status --show-token",
+        "extension list",
+        "ext install x",
+        "alias list",
+    ],
 )
 def test_token_revealing_commands_always_blocked(sandbox, command):
     sandbox.policy(paranoid=False)
@@ -459,7 +472,9 @@ def test_fs_vault_allows_ordinary_files(sandbox):
 
 
 def test_fs_vault_blocks_other_processes_environ(sandbox):
-    code, out, err = sandbox.sh("sleep 5 & pid=$!; cat /proc/$pid/environ; rc=$?; cat /proc/self/environ >/dev/null; echo rc=$rc $?")
+    code, out, err = sandbox.sh(
+        "sleep 5 & pid=$!; cat /proc/$pid/environ; rc=$?; cat /proc/self/environ >/dev/null; echo rc=$rc $?"
+    )
     assert "rc=1 0" in out and "[SYSTEM BLOCK]" in err, (out, err)
 
 
@@ -531,7 +546,73 @@ def test_pi_reads_its_own_credentials(sandbox):
 
 def test_pi_rpc_mode_answers(sandbox):
     code, out, err = sandbox.sh(
-        "printf '%s\\n' '{\"id\":\"1\",\"type\":\"get_state\"}' | timeout 30 pi --mode rpc --no-session"
+        'printf \'%s\\n\' \'{"id":"1","type":"get_state"}\' | timeout 30 pi --mode rpc --no-session'
     )
     first = json.loads(next(line for line in out.splitlines() if line.startswith("{")))
     assert first.get("type") == "response" and first.get("success") is True, (out, err)
+
+
+FAKE_LLM = '''
+import json, sys
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+PORT, TARGET, LOG = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+
+
+def chunk(delta, finish=None):
+    choice = {"index": 0, "delta": delta, "finish_reason": finish}
+    return "data: " + json.dumps({"id": "c", "object": "chat.completion.chunk", "created": 0,
+                                  "model": "fake", "choices": [choice]}) + "\\n\\n"
+
+
+class Handler(BaseHTTPRequestHandler):
+    """First turn: call pi's read tool on TARGET. Second turn: log what the tool returned."""
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        tool = [m for m in body["messages"] if m.get("role") == "tool"]
+        if tool:
+            with open(LOG, "w") as f:
+                json.dump(tool, f)
+            parts = [chunk({"role": "assistant", "content": "done"}), chunk({}, "stop")]
+        else:
+            call = {"index": 0, "id": "call_1", "type": "function",
+                    "function": {"name": "read", "arguments": json.dumps({"path": TARGET})}}
+            parts = [chunk({"role": "assistant", "content": None, "tool_calls": [call]}), chunk({}, "tool_calls")]
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.end_headers()
+        for part in parts + ["data: [DONE]\\n\\n"]:
+            self.wfile.write(part.encode())
+
+    def log_message(self, *args):
+        pass
+
+
+HTTPServer(("127.0.0.1", PORT), Handler).serve_forever()
+'''
+
+
+@pytest.mark.parametrize(
+    ("target", "port", "expected"),
+    [
+        (f"{AGENT_DIR}/auth.json", 18081, "[SYSTEM BLOCK]"),
+        ("/workspace/.env", 18082, "[SYSTEM BLOCK]"),
+        ("/workspace/README.md", 18083, "hello from the workspace"),
+    ],
+)
+def test_pi_read_tool_is_firewalled(sandbox, target, port, expected):
+    """pi's own read tool, driven by a fake model on loopback, cannot read credentials."""
+    models = {"providers": {"fake": {"baseUrl": f"http://127.0.0.1:{port}/v1", "api": "openai-completions",
+                                     "apiKey": "none", "models": [{"id": "fake-model"}]}}}
+    (sandbox.agent_dir / "models.json").write_text(json.dumps(models))
+    code, out, err = sandbox.sh(
+        f"cat > /tmp/fakellm{port}.py <<'PY'\n{FAKE_LLM}\nPY\n"
+        f"python3 /tmp/fakellm{port}.py {port} {target} /tmp/tool{port}.json & server=$!; sleep 0.5; "
+        f"timeout 60 pi -p --no-session --model fake/fake-model 'read it'; rc=$?; kill $server; "
+        f"cat /tmp/tool{port}.json; exit $rc"
+    )
+    assert code == 0, (out, err)
+    tool_result = json.loads(out[out.index("[{"):])[0]["content"]
+    assert expected in str(tool_result), tool_result
+    assert CANARY_AUTH not in out and CANARY_ENV not in out

@@ -81,8 +81,13 @@ def test_output_binding_and_interpolation(shell, scripted):
 
 def test_interrupt_aborts_the_turn_and_the_next_cell_works(shell, scripted):
     scripted.push(Turn(text="word " * 200, chunk_size=4, chunk_delay=0.05))
-    timer = threading.Timer(2.0, _thread.interrupt_main)
-    timer.start()
+
+    def interrupt_once_streaming():  # as a kernel interrupt would: SIGINT in the main thread
+        scripted.wait_for_requests(1, timeout=60)
+        time.sleep(0.5)
+        _thread.interrupt_main()
+
+    threading.Thread(target=interrupt_once_streaming, daemon=True).start()
     started = time.monotonic()
     with pytest.raises(KeyboardInterrupt):
         run(shell, "talk for a long time")
@@ -108,8 +113,9 @@ def test_unreachable_model_server_is_an_error_not_a_hang(shell, settings):
     from pimagic.offline import register_provider
     from pimagic.scripted_model import pi_provider_config
 
-    register_provider(settings, "dead", pi_provider_config("http://host.docker.internal:9/v1", "m"),
-                      model_id="m", retry=False)
+    register_provider(
+        settings, "dead", pi_provider_config("http://host.docker.internal:9/v1", "m"), model_id="m", retry=False
+    )
     started = time.monotonic()
     result = run(shell, "hi")
     assert time.monotonic() - started < 30
@@ -130,9 +136,7 @@ def test_killed_container_is_detected_and_history_survives(shell, scripted, sett
     assert any("answer before the crash" in t for t in history)
 
 
-@pytest.mark.parametrize(
-    "line", ["--bogus", "--model nope", "--thinking extreme", "--timeout -3", "--out 1x"]
-)
+@pytest.mark.parametrize("line", ["--bogus", "--model nope", "--thinking extreme", "--timeout -3", "--out 1x"])
 def test_bad_options_raise_usage_error(shell, line):
     with pytest.raises(UsageError):
         run(shell, "hi", line)

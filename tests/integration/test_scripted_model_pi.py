@@ -112,17 +112,13 @@ class PiRpc:
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise AssertionError(
-                    f"timed out after {timeout}s; stderr:\n{self.stderr.decode(errors='replace')}"
-                )
+                raise AssertionError(f"timed out after {timeout}s; stderr:\n{self.stderr.decode(errors='replace')}")
             try:
                 record = self.records.get(timeout=left)
             except queue.Empty:
                 continue
             if record is None:
-                raise AssertionError(
-                    f"pi exited ({self.proc.poll()}); stderr:\n{self.stderr.decode(errors='replace')}"
-                )
+                raise AssertionError(f"pi exited ({self.proc.poll()}); stderr:\n{self.stderr.decode(errors='replace')}")
             self.seen.append(record)
             if predicate(record):
                 return record
@@ -157,9 +153,7 @@ def run_pi(node_bin: str, pi_cli: str, tmp_path: Path) -> Iterator[Callable[...,
         home = tmp_path / "home"
         for d in (agent_dir, workdir, home):
             d.mkdir(exist_ok=True)
-        (agent_dir / "models.json").write_text(
-            json.dumps(pi_models_json(server.url, server.model_id), indent=2)
-        )
+        (agent_dir / "models.json").write_text(json.dumps(pi_models_json(server.url, server.model_id), indent=2))
         doc = pi_settings(server.model_id)
         for key, value in settings.items():  # nested merge for "retry"
             if isinstance(value, dict) and isinstance(doc.get(key), dict):
@@ -197,11 +191,7 @@ def _prompt_and_settle(pi: PiRpc, message: str, timeout: float = 60) -> list[dic
 
 
 def _assistant_ends(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [
-        e["message"]
-        for e in events
-        if e.get("type") == "message_end" and e["message"].get("role") == "assistant"
-    ]
+    return [e["message"] for e in events if e.get("type") == "message_end" and e["message"].get("role") == "assistant"]
 
 
 def test_pi_writes_file_via_scripted_tool_call(run_pi: Callable[..., tuple[PiRpc, Path]]) -> None:

@@ -92,9 +92,7 @@ def text_message(text, *, deltas=None, stop="stop", **extra):
     events = [start_assistant(), update("text_start")]
     events += [update("text_delta", delta=d) for d in deltas]
     events += [update("text_end", content=text)]
-    events.append(
-        {"type": "message_end", "message": assistant([{"type": "text", "text": text}], stop, **extra)}
-    )
+    events.append({"type": "message_end", "message": assistant([{"type": "text", "text": text}], stop, **extra)})
     return events
 
 
@@ -213,17 +211,13 @@ def test_thinking_is_collapsed(renderer):
         update("text_delta", 1, delta="Done."),
         {
             "type": "message_end",
-            "message": assistant(
-                [{"type": "thinking", "thinking": "secret plan"}, {"type": "text", "text": "Done."}]
-            ),
+            "message": assistant([{"type": "thinking", "thinking": "secret plan"}, {"type": "text", "text": "Done."}]),
         },
     ]
     feed_all(renderer, events)
     assert renderer.finish().text == "Done."
     bundle = renderer.bundle()
-    assert re.search(
-        r"<details[^>]*><summary[^>]*>Thinking</summary>.*secret plan.*</details>", bundle["text/html"]
-    )
+    assert re.search(r"<details[^>]*><summary[^>]*>Thinking</summary>.*secret plan.*</details>", bundle["text/html"])
     assert "<details><summary>Thinking</summary>" in bundle["text/markdown"]
     assert "secret plan" not in bundle["text/plain"] and "[thinking: 11 chars]" in bundle["text/plain"]
 
@@ -258,9 +252,7 @@ def test_bash_tool_streams_then_finishes(renderer, sink, clock):
 
 
 def test_tool_call_from_stream_and_execution_is_one_block(renderer):
-    feed_all(
-        renderer, tool_message("c1", "read", {"path": "a.py"}) + tool_run("c1", "read", {"path": "a.py"}, "x")
-    )
+    feed_all(renderer, tool_message("c1", "read", {"path": "a.py"}) + tool_run("c1", "read", {"path": "a.py"}, "x"))
     assert len(renderer.tool_calls) == 1
     assert renderer.bundle()["text/plain"].count("[read]") == 1
 
@@ -308,24 +300,18 @@ def test_write_shows_path_and_line_count(renderer):
 def test_edit_renders_a_unified_diff(renderer):
     args = {
         "path": "calc.py",
-        "edits": [
-            {"oldText": "def add(a, b):\n    return a - b\n", "newText": "def add(a, b):\n    return a + b\n"}
-        ],
+        "edits": [{"oldText": "def add(a, b):\n    return a - b\n", "newText": "def add(a, b):\n    return a + b\n"}],
     }
     feed_all(
         renderer,
-        tool_message("e1", "edit", args)
-        + tool_run("e1", "edit", args, "Successfully replaced 1 block(s) in calc.py."),
+        tool_message("e1", "edit", args) + tool_run("e1", "edit", args, "Successfully replaced 1 block(s) in calc.py."),
     )
     b = renderer.bundle()
     for doc in (b["text/plain"], b["text/markdown"]):
         assert "--- a/calc.py" in doc and "+++ b/calc.py" in doc
         assert "-    return a - b" in doc and "+    return a + b" in doc
     assert "```diff\n--- a/calc.py" in b["text/markdown"]
-    assert (
-        '<span style="color:#1a7f37;background:rgba(46,160,67,0.12)">+    return a + b</span>'
-        in b["text/html"]
-    )
+    assert '<span style="color:#1a7f37;background:rgba(46,160,67,0.12)">+    return a + b</span>' in b["text/html"]
 
 
 @pytest.mark.parametrize(
@@ -366,9 +352,7 @@ def test_error_message_end_is_a_red_block_with_pi_message(renderer, sink):
     result = renderer.finish([], 1.0)
     assert result.error == "401 invalid x-api-key" and not result.ok
     html_doc = sink.last["text/html"]
-    assert re.search(
-        r'<div style="[^"]*border:1px solid #d33[^"]*"><b[^>]*>Error</b>.*401 invalid x-api-key', html_doc
-    )
+    assert re.search(r'<div style="[^"]*border:1px solid #d33[^"]*"><b[^>]*>Error</b>.*401 invalid x-api-key', html_doc)
     assert "[error] 401 invalid x-api-key" in sink.last["text/plain"]
     assert "── error ·" in sink.last["text/plain"]
     assert "**Error**\n\n```text\n401 invalid x-api-key\n```" in sink.last["text/markdown"]
@@ -422,9 +406,7 @@ def test_exhausted_retries_keep_one_error(renderer):
         }
     ]
     events += (
-        fail()
-        + [{"type": "auto_retry_end", "success": False, "attempt": 1, "finalError": "529 overloaded"}]
-        + END
+        fail() + [{"type": "auto_retry_end", "success": False, "attempt": 1, "finalError": "529 overloaded"}] + END
     )
     feed_all(renderer, events)
     result = renderer.finish()
@@ -595,9 +577,7 @@ def test_hostile_content_is_escaped_everywhere(renderer):
         update("thinking_delta", 1, delta=f"think {XSS}"),
         {
             "type": "message_end",
-            "message": assistant(
-                [{"type": "text", "text": f"text {XSS}"}], "toolUse", provider="p<b>", model=XSS
-            ),
+            "message": assistant([{"type": "text", "text": f"text {XSS}"}], "toolUse", provider="p<b>", model=XSS),
         },
         *tool_run("t1", XSS, {"path": XSS}, f"out {XSS}"),
         *tool_run("t2", "bash", {"command": f"echo '{XSS}'"}, f"out {XSS}", is_error=True),
@@ -665,11 +645,7 @@ def test_terminal_control_sequences_are_stripped(renderer):
     b = renderer.bundle()
     for doc in b.values():
         assert "\x1b" not in doc and "\x07" not in doc and "\x00" not in doc and "\u202e" not in doc
-    assert (
-        "oklink \ufffdevildone" in b["text/plain"]
-        and "100%" in b["text/plain"]
-        and "50%" not in b["text/plain"]
-    )
+    assert "oklink \ufffdevildone" in b["text/plain"] and "100%" in b["text/plain"] and "50%" not in b["text/plain"]
     assert renderer.finish().text == evil  # the raw text is kept for programmatic use
 
 

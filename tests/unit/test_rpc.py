@@ -44,9 +44,7 @@ def frame(stream: int, payload: bytes) -> bytes:
 
 
 def test_frames_split_at_every_byte() -> None:
-    data = (
-        frame(STDOUT, b"hello") + frame(STDERR, b"oops\n") + frame(STDOUT, b"") + frame(STDOUT, b"x" * 70000)
-    )
+    data = frame(STDOUT, b"hello") + frame(STDERR, b"oops\n") + frame(STDOUT, b"") + frame(STDOUT, b"x" * 70000)
     decoder = DockerFrameDecoder()
     got = [f for i in range(len(data)) for f in decoder.feed(data[i : i + 1])]
     assert got == [(STDOUT, b"hello"), (STDERR, b"oops\n"), (STDOUT, b""), (STDOUT, b"x" * 70000)]
@@ -110,10 +108,7 @@ def test_assistant_error() -> None:
         "message": {"role": "assistant", "stopReason": "error", "errorMessage": "boom"},
     }
     assert assistant_error(failed) == "boom"
-    assert (
-        assistant_error({"type": "message_end", "message": {"role": "assistant", "stopReason": "stop"}})
-        is None
-    )
+    assert assistant_error({"type": "message_end", "message": {"role": "assistant", "stopReason": "stop"}}) is None
     assert assistant_error({"type": "turn_end", "message": failed["message"]}) is None
 
 
@@ -182,9 +177,7 @@ class FakePi:
             else:
                 self.peer.sendall(data)
 
-    def respond(
-        self, cmd: dict[str, Any], *, success: bool = True, data: Any = None, error: str = ""
-    ) -> None:
+    def respond(self, cmd: dict[str, Any], *, success: bool = True, data: Any = None, error: str = "") -> None:
         record: dict[str, Any] = {
             "id": cmd.get("id"),
             "type": "response",
