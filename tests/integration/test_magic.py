@@ -8,13 +8,12 @@ import threading
 import time
 
 import pytest
+from conftest import AGENT_UID
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 
 from pimagic.magics import PiMagics
 from pimagic.scripted_model import Turn, call, error, say
-
-from conftest import AGENT_UID
 
 
 @pytest.fixture

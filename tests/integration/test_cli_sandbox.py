@@ -1,0 +1,172 @@
+"""The `pimagic` command line and the sandbox's run options, against a real engine."""
+
+from __future__ import annotations
+
+import os
+import pty
+import select
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import AGENT_GID, AGENT_UID
+
+from pimagic import image as image_mod
+from pimagic.sandbox import Sandbox
+
+
+def cli(settings, *args: str, timeout: float = 120, stdin=subprocess.DEVNULL) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PIMAGIC_IMAGE=settings.image, PIMAGIC_PI_DATA_DIR=settings.pi_data_dir)
+    return subprocess.run(
+        [sys.executable, "-m", "pimagic.cli", "-w", settings.workspace, *args],
+        env=env, capture_output=True, text=True, timeout=timeout, stdin=stdin,
+    )
+
+
+def test_run_version_prints_pis_version(settings):
+    result = cli(settings, "run", "--", "--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith(image_mod.pi_version())
+
+
+def test_status_and_clean(settings):
+    assert "missing" in cli(settings, "status").stdout
+    cli(settings, "run", "--", "--version")
+    assert f"{settings.container_name}: running" in cli(settings, "status").stdout
+    cleaned = cli(settings, "clean")
+    assert f"removed {settings.container_name}" in cleaned.stdout
+    assert "missing" in cli(settings, "status").stdout
+
+
+def test_shell_runs_as_the_host_user_in_the_workspace(settings, workspace):
+    # `shell` without a TTY reads commands from stdin.
+    result = subprocess.run(
+        [sys.executable, "-m", "pimagic.cli", "-w", settings.workspace, "shell"],
+        input="id -u; id -g; pwd; echo hi > from-shell.txt\n", capture_output=True, text=True, timeout=120,
+        env=dict(os.environ, PIMAGIC_IMAGE=settings.image, PIMAGIC_PI_DATA_DIR=settings.pi_data_dir),
+    )
+    assert result.stdout.split() == [str(AGENT_UID), str(AGENT_GID), "/workspace"], result.stderr
+    made = workspace / "from-shell.txt"
+    assert (made.stat().st_uid, made.stat().st_gid) == (AGENT_UID, AGENT_GID)
+
+
+def test_run_draws_the_tui_in_a_pty_and_exits_cleanly(settings):
+    env = dict(os.environ, PIMAGIC_IMAGE=settings.image, PIMAGIC_PI_DATA_DIR=settings.pi_data_dir,
+               TERM="xterm-256color", COLUMNS="100", LINES="30")
+    pid, fd = pty.fork()
+    if pid == 0:  # child: the CLI with a real terminal
+        os.execvpe(sys.executable, [sys.executable, "-m", "pimagic.cli", "-w", settings.workspace, "run"], env)
+    screen = b""
+
+    def read_for(seconds: float) -> None:
+        nonlocal screen
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            ready, _, _ = select.select([fd], [], [], 0.2)
+            if ready:
+                try:
+                    screen += os.read(fd, 65536)
+                except OSError:
+                    return
+
+    try:
+        read_for(20)
+        assert b"\x1b[" in screen  # a full-screen terminal UI, drawn with escape sequences
+        text = screen.decode(errors="replace")
+        assert "pi" in text.lower()
+        os.write(fd, b"\x03")  # Ctrl-C twice: pi's TUI quits
+        time.sleep(0.5)
+        os.write(fd, b"\x03")
+        os.write(fd, b"\x04")
+        deadline = time.monotonic() + 20
+        status = None
+        while time.monotonic() < deadline:
+            read_for(0.5)
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+        assert status is not None and os.WIFEXITED(status), screen[-2000:]
+        assert os.WEXITSTATUS(status) == 0
+    finally:
+        try:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+        os.close(fd)
+
+
+def test_run_options_carry_the_hardening(settings, docker_client):
+    sandbox = Sandbox(settings, docker_client)
+    container = sandbox.start()
+    host = container.attrs["HostConfig"]
+    assert host["CapDrop"] == ["ALL"] and not host.get("CapAdd")
+    assert host["ReadonlyRootfs"] is True
+    assert host["Privileged"] is False
+    assert host["PidsLimit"] == settings.pids_limit
+    assert host["Memory"] > 0 and host["Memory"] == host["MemorySwap"]
+    assert host["NanoCpus"] == int(settings.cpus * 1e9)
+    assert host["NetworkMode"] == "bridge"
+    assert host["PidMode"] in ("", "private")
+    for path in ("/tmp", "/home/pi", "/run/pimagic"):
+        assert {"noexec", "nosuid", "nodev"} <= set(host["Tmpfs"][path].split(","))
+    assert {u["Name"]: u["Hard"] for u in host["Ulimits"]}["core"] == 0
+    assert host["LogConfig"]["Config"]["max-size"]
+    assert container.attrs["Config"]["User"] == f"{AGENT_UID}:{AGENT_GID}"
+    sources = [m["Source"] for m in container.attrs["Mounts"]]
+    assert "/var/run/docker.sock" not in sources and "/run/docker.sock" not in sources
+
+
+def test_same_folder_reuses_the_container_other_folder_gets_its_own(settings, docker_client, tmp_path):
+    from conftest import make_workspace
+
+    from pimagic.config import load_settings
+
+    first = Sandbox(settings, docker_client).start()
+    again = Sandbox(settings, docker_client).start()
+    assert again.id == first.id
+    other = load_settings(make_workspace(tmp_path / "other"), environ=os.environ, image=settings.image,
+                          pi_data_dir=str(tmp_path / "other-data" / "agent"))
+    sandbox = Sandbox(other, docker_client)
+    try:
+        assert sandbox.start().id != first.id
+    finally:
+        sandbox.remove()
+
+
+def test_secret_files_in_the_workspace_are_masked(settings, docker_client, workspace):
+    (workspace / ".env").write_text("GITHUB_TOKEN=ghp_canary_env_file\n")
+    (workspace / ".env.example").write_text("GITHUB_TOKEN=\n")
+    sandbox = Sandbox(settings, docker_client)
+    sandbox.start()
+    code, out, _ = sandbox.exec(["cat", "/workspace/.env.example"])
+    assert code == 0 and b"GITHUB_TOKEN=" in out
+    code, out, _ = sandbox.exec(["python3", "-c", "import os; print(os.stat('/workspace/.env').st_size)"])
+    assert out.strip() == b"0"  # an empty file is mounted over it: nothing to read, whatever the tool
+
+
+def test_container_that_died_is_replaced_and_workspace_kept(settings, docker_client, workspace):
+    sandbox = Sandbox(settings, docker_client)
+    first = sandbox.start()
+    sandbox.exec(["sh", "-c", "echo kept > /workspace/kept.txt"])
+    first.kill()
+    second = sandbox.start()
+    assert second.id != first.id
+    assert (workspace / "kept.txt").read_text() == "kept\n"
+
+
+def test_missing_docker_engine_is_a_clear_error(settings):
+    env = dict(os.environ, DOCKER_HOST="unix:///nonexistent/docker.sock")
+    result = subprocess.run([sys.executable, "-m", "pimagic.cli", "-w", settings.workspace, "status"],
+                            env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert "cannot reach the Docker engine" in result.stderr and "hint:" in result.stderr
+
+
+@pytest.mark.parametrize("content", ["PARANOID_MODE=perhaps\n", "just some words\n"])
+def test_bad_env_file_is_a_clear_error(settings, workspace, content):
+    (workspace / ".env").write_text(content)
+    result = cli(settings, "status")
+    assert result.returncode == 1
+    assert ".env" in result.stderr and "invalid setting" in result.stderr
