@@ -9,8 +9,7 @@
 // The secret stores and /proc are refused to everybody. The credential files are
 // allowed only to pi itself, judged from the call stack (util.getCallSites, which
 // Error.prepareStackTrace cannot fake):
-//   - this process was started as pi (its main script is pi's dist/cli.js) on the main
-//     thread, without --expose-internals;
+//   - this process was started as pi (its main script is pi's dist/cli.js), main thread;
 //   - some frame is pi's code (the global install of @earendil-works/pi-coding-agent,
 //     which holds its @earendil-works dependencies) ...
 //   - ... no frame is pi's tool code (dist/core/tools/, dist/bundle/ which inlines it) ...
@@ -18,9 +17,10 @@
 // A refusal throws (or passes to the callback / rejects / errors the stream) an Error
 // with code EACCES whose message starts with "[SYSTEM BLOCK]".
 //
+// `node --expose-internals` is refused outright (internalBinding would skip the wrappers).
 // A speed bump: a node process started without NODE_OPTIONS skips this file (fs-vault
 // then refuses credential files to it), but native addons, WASI and vm code with forged
-// file names are not covered.
+// file names inside pi (extensions) are not covered.
 'use strict';
 
 const fs = require('node:fs');
@@ -40,11 +40,14 @@ const realpath = fs.realpathSync.native;
 const getCallSites = util.getCallSites;
 const processBinding = process.binding;
 
+// internalBinding('fs') would skip every wrapper below, and fs-vault trusts this process.
+if (process.execArgv.some((a) => /^--expose[-_]internals\b/.test(a))) {
+  process.stderr.write('[SYSTEM BLOCK] node --expose-internals is disabled in this sandbox\n');
+  process.exit(126);
+}
+
 // Decided once, before any user code runs.
-const PI_PROCESS = isMainThread &&
-  mainScript() === PI_MAIN &&
-  !process.execArgv.some((a) => a.startsWith('--expose-internals') || a.startsWith('--expose_internals')) &&
-  !/--expose[-_]internals/.test(process.env.NODE_OPTIONS || '');
+const PI_PROCESS = isMainThread && mainScript() === PI_MAIN;
 
 function mainScript() {
   const argv1 = process.argv[1];

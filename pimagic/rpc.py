@@ -183,7 +183,7 @@ class Transport(Protocol):
         """End the connection, which ends pi. Must unblock a pending ``read_chunks``."""
 
     def exit_status(self) -> int | None:
-        """pi's exit code if known (for error messages)."""
+        """pi's exit code if known; asked once its output has ended, to enrich the error."""
 
 
 class SocketTransport:
@@ -318,7 +318,11 @@ class ProcessTransport:
                 pipe.close()  # type: ignore[union-attr]
 
     def exit_status(self) -> int | None:
-        return self.popen.poll()
+        # Asked when pi's output ended: the pipes close a moment before the process is reaped.
+        try:
+            return self.popen.wait(1.0)
+        except subprocess.TimeoutExpired:
+            return None
 
 
 def _read_some(pipe: Any) -> bytes:

@@ -529,6 +529,14 @@ def test_node_without_the_firewall_meets_fs_vault(sandbox):
     assert out.strip() == "EACCES", (out, err)
 
 
+def test_node_expose_internals_is_refused(sandbox):
+    # internalBinding('fs') would skip the JS wrappers while fs-vault trusts node.
+    code, out, err = sandbox.sh("node --expose-internals -e 'console.log(\"ran\")'")
+    assert code == 126 and "ran" not in out and "[SYSTEM BLOCK]" in err, (code, out, err)
+    code, out, _ = sandbox.sh("node -e 'console.log(\"ran\")'")
+    assert out.strip() == "ran"
+
+
 # --------------------------------------------------------------------- pi still works
 
 
@@ -606,6 +614,8 @@ def test_pi_read_tool_is_firewalled(sandbox, target, port, expected):
     models = {"providers": {"fake": {"baseUrl": f"http://127.0.0.1:{port}/v1", "api": "openai-completions",
                                      "apiKey": "none", "models": [{"id": "fake-model"}]}}}
     (sandbox.agent_dir / "models.json").write_text(json.dumps(models))
+    if os.getuid() == 0:
+        os.chown(sandbox.agent_dir / "models.json", *agent_ids())
     code, out, err = sandbox.sh(
         f"cat > /tmp/fakellm{port}.py <<'PY'\n{FAKE_LLM}\nPY\n"
         f"python3 /tmp/fakellm{port}.py {port} {target} /tmp/tool{port}.json & server=$!; sleep 0.5; "
