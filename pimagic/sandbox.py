@@ -114,6 +114,12 @@ class Sandbox:
             raise SandboxError(
                 f"workspace {s.workspace_path} is not a directory", hint="set PimagicSettings.workspace"
             )
+        st = s.workspace_path.stat()
+        if os.getuid() == 0 and st.st_uid != s.uid and not st.st_mode & 0o002:
+            raise SandboxError(
+                f"the agent runs as uid {s.uid} and cannot write to {s.workspace_path} (owned by uid {st.st_uid})",
+                hint=f"run as a normal user, or `chown {s.uid}:{s.gid} {s.workspace_path}`, or set HOST_UID",
+            )
         pi_dir = s.pi_data_path
         pi_dir.mkdir(parents=True, exist_ok=True)
         if os.getuid() == 0:  # root on the host: hand the dir to the sandbox's uid

@@ -18,7 +18,7 @@ from typing import Any
 
 from . import piconfig
 from .config import PimagicSettings
-from .errors import RpcError, SandboxError
+from .errors import PimagicError, RpcError, SandboxError
 from .rpc import RpcClient, SocketTransport
 from .sandbox import Sandbox
 
@@ -88,6 +88,7 @@ class PiSession:
         container = self.sandbox.start(progress=progress)
         self._container_id = container.id
         self.configure_pi()
+        self._relay_local_providers()
         cmd = ["pi", "--mode", "rpc", "--session-id", self.session_id]
         _, sock = self.sandbox.exec_socket(cmd)
         rpc = RpcClient(SocketTransport(sock))
@@ -128,6 +129,17 @@ class PiSession:
             values["defaultThinkingLevel"] = s.thinking
         if values:
             piconfig.merge_settings(s.pi_data_path, values, uid=s.uid, gid=s.gid)
+
+    def _relay_local_providers(self) -> None:
+        """Relay providers whose baseUrl is on the host's loopback (see pimagic.relay)."""
+        from .relay import relay_local_providers
+
+        try:
+            relay_local_providers(self.settings, self.sandbox.client)
+        except PimagicError:
+            raise
+        except Exception as e:
+            raise SandboxError(f"could not relay local model servers into the sandbox: {e}") from e
 
     def _apply_model(self, rpc: RpcClient, state: dict[str, Any]) -> None:
         s = self.settings

@@ -495,7 +495,8 @@ def test_app_firewall_blocks_node_reading_auth_json(sandbox):
         tryIt('binding', () => process.binding('fs'));
         fs.promises.readFile(p).then(() => 'read', (e) => e.code + ':' + e.message.startsWith('[SYSTEM BLOCK]'))
           .then((r) => {{ results.push('promises:' + r); return new Promise((res) => {{
-            fs.createReadStream(p).on('data', () => res('stream:read')).on('error', (e) => res('stream:' + e.code)); }}); }})
+            fs.createReadStream(p).on('data', () => res('stream:read'))
+              .on('error', (e) => res('stream:' + e.code)); }}); }})
           .then((r) => {{ results.push(r); console.log(JSON.stringify(results)); }});
         """
     )
@@ -524,7 +525,8 @@ def test_app_firewall_allows_ordinary_reads(sandbox):
 
 def test_node_without_the_firewall_meets_fs_vault(sandbox):
     code, out, err = sandbox.sh(
-        f"NODE_OPTIONS= node -e \"try {{ require('fs').readFileSync('{AGENT_DIR}/auth.json') }} catch (e) {{ console.log(e.code) }}\""
+        f"NODE_OPTIONS= node -e \"try {{ require('fs').readFileSync('{AGENT_DIR}/auth.json') }} "
+        'catch (e) { console.log(e.code) }"'
     )
     assert out.strip() == "EACCES", (out, err)
 
@@ -611,8 +613,16 @@ HTTPServer(("127.0.0.1", PORT), Handler).serve_forever()
 )
 def test_pi_read_tool_is_firewalled(sandbox, target, port, expected):
     """pi's own read tool, driven by a fake model on loopback, cannot read credentials."""
-    models = {"providers": {"fake": {"baseUrl": f"http://127.0.0.1:{port}/v1", "api": "openai-completions",
-                                     "apiKey": "none", "models": [{"id": "fake-model"}]}}}
+    models = {
+        "providers": {
+            "fake": {
+                "baseUrl": f"http://127.0.0.1:{port}/v1",
+                "api": "openai-completions",
+                "apiKey": "none",
+                "models": [{"id": "fake-model"}],
+            }
+        }
+    }
     (sandbox.agent_dir / "models.json").write_text(json.dumps(models))
     if os.getuid() == 0:
         os.chown(sandbox.agent_dir / "models.json", *agent_ids())
@@ -623,6 +633,6 @@ def test_pi_read_tool_is_firewalled(sandbox, target, port, expected):
         f"cat /tmp/tool{port}.json; exit $rc"
     )
     assert code == 0, (out, err)
-    tool_result = json.loads(out[out.index("[{"):])[0]["content"]
+    tool_result = json.loads(out[out.index("[{") :])[0]["content"]
     assert expected in str(tool_result), tool_result
     assert CANARY_AUTH not in out and CANARY_ENV not in out
