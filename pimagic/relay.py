@@ -280,7 +280,10 @@ def ensure_relay(
         if relay is not None and relay.running:
             return relay
         last: RelayError | None = None
+        loops = listen_host == target_host or {listen_host, target_host} <= LOCAL_HOSTS
         for port in [*dict.fromkeys(p for p in preferred_ports if p), 0]:
+            if loops and port == int(target_port):
+                continue  # would forward to itself
             try:
                 relay = Relay(target_port, listen_host=listen_host, listen_port=port, target_host=target_host)
                 relay.start()

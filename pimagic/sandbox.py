@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from . import image as image_mod
+from . import preflight, seccomp
 from .config import PimagicSettings
 from .errors import DockerUnavailableError, SandboxError
 
@@ -94,6 +95,7 @@ class Sandbox:
     def __init__(self, settings: PimagicSettings, client: Any = None) -> None:
         self.settings = settings
         self._client = client
+        self.preflight_warnings: list[str] = []  # Docker host weaknesses found at the last start
 
     @property
     def client(self):
@@ -158,7 +160,19 @@ class Sandbox:
         for path in self.masked_files():
             target = f"{CONTAINER_WORKSPACE}/{path.relative_to(s.workspace_path).as_posix()}"
             mounts.append(Mount(target, str(mask), type="bind", read_only=True))
+        for path in self.read_only_paths():  # what the host runs on its own: git hooks/config, virtualenvs
+            target = f"{CONTAINER_WORKSPACE}/{path.relative_to(s.workspace_path).as_posix()}"
+            mounts.append(Mount(target, str(path), type="bind", read_only=True))
         return mounts
+
+    def read_only_paths(self) -> list[Path]:
+        """Existing workspace paths the host executes or loads by itself, mounted read-only."""
+        root = self.settings.workspace_path
+        git = root / ".git"
+        if git.is_dir() and not git.is_symlink() and not (git / "hooks").exists():
+            (git / "hooks").mkdir()  # present, so the agent cannot create hooks in it
+        found = [git / "hooks", git / "config", root / ".venv", root / "venv"]
+        return [p for p in found if p.exists() and not p.is_symlink() and p.resolve().is_relative_to(root.resolve())]
 
     # --- run options: the hardening ----------------------------------------
 
@@ -199,6 +213,7 @@ class Sandbox:
                 "/run/pimagic": f"rw,{noexec},size=1m,mode=0700",
             },
             "cap_drop": ["ALL"],
+            "security_opt": seccomp.security_opt(),  # allow-list; see pimagic/seccomp.py
             # no-new-privileges stays off on purpose: the setuid vault needs it, and
             # with an empty capability bounding set setuid root grants uid 0 only.
             "mem_limit": memory,
@@ -231,6 +246,7 @@ class Sandbox:
         A container that died is removed and replaced; the workspace and pi's
         data live on the host, so nothing is lost.
         """
+        self.preflight_warnings = []
         container = self.find()
         if container is not None:
             container.reload()
@@ -245,6 +261,7 @@ class Sandbox:
             if container is not None:
                 container.remove(force=True)
         image = image_mod.ensure_image(self.client, self.settings, build=build, progress=progress)
+        self.preflight_warnings = preflight.check(self.client)  # warn, never refuse
         mask = self._prepare_host_dirs()
         kwargs = self.container_kwargs(image, mask)
         import docker.errors

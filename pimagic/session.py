@@ -86,6 +86,7 @@ class PiSession:
             self.rpc.close(timeout=1)
             self.rpc = None
         container = self.sandbox.start(progress=progress)
+        self.notes.extend(f"Docker host check: {w}" for w in self.sandbox.preflight_warnings)
         self._container_id = container.id
         self.configure_pi()
         self._relay_local_providers()

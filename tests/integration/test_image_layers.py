@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import struct
 import textwrap
@@ -27,8 +26,6 @@ docker = pytest.importorskip("docker", reason="the docker SDK is not installed")
 
 pytestmark = pytest.mark.docker
 
-CONTAINER_DIR = Path(__file__).resolve().parents[2] / "container"
-OFFICIAL_BASE_IMAGE = "node:22-bookworm-slim"
 LIB = "/usr/local/lib/pimagic"
 VAULT = f"{LIB}/gh-vault"
 PUT_SECRET = f"{LIB}/put-secret"
@@ -36,26 +33,8 @@ AGENT_DIR = "/home/pi/.pi/agent"
 ESCALATION_BINARIES = "su mount umount passwd chsh chfn chage gpasswd newgrp login nsenter unshare setpriv".split()
 
 
-# --------------------------------------------------------------------- build + run
-# Kept small on purpose: pimagic.image / pimagic.sandbox will replace these two.
-
-
-def build_image(client, tmp_dir: Path):
-    """Build container/ once; BASE_IMAGE and an extra CA come from the environment."""
-    context = tmp_dir / "context"
-    shutil.copytree(CONTAINER_DIR, context, ignore=shutil.ignore_patterns("base", "__pycache__"))
-    extra_ca = os.environ.get("PIMAGIC_EXTRA_CA_CERTS")
-    if extra_ca:
-        shutil.copy(extra_ca, context / "ca-certificates" / "extra-ca.crt")
-    base = os.environ.get("PIMAGIC_BASE_IMAGE", OFFICIAL_BASE_IMAGE)
-    try:
-        image, _ = client.images.build(
-            path=str(context), tag="pimagic-test:layers", buildargs={"BASE_IMAGE": base}, rm=True, forcerm=True
-        )
-    except docker.errors.BuildError as e:
-        log = "".join(chunk.get("stream", "") or chunk.get("error", "") for chunk in e.build_log)
-        pytest.fail(f"image build from {base} failed: {e}\n{log[-6000:]}")
-    return image
+# --------------------------------------------------------------------- image + run
+# The image is the run's shared one (tests/conftest.py builds it once via pimagic.image).
 
 
 def agent_ids() -> tuple[int, int]:
@@ -92,18 +71,13 @@ def start_sandbox(client, image, workspace: Path, agent_dir: Path):
 
 
 @pytest.fixture(scope="session")
-def client():
-    try:
-        c = docker.from_env()
-        c.ping()
-    except Exception as e:  # noqa: BLE001 - any failure means "no engine here"
-        pytest.skip(f"no Docker engine reachable: {e}")
-    return c
+def client(docker_client):
+    return docker_client
 
 
 @pytest.fixture(scope="session")
-def image(client, tmp_path_factory):
-    return build_image(client, tmp_path_factory.mktemp("image"))
+def image(docker_client, sandbox_image):
+    return docker_client.images.get(sandbox_image)
 
 
 # --------------------------------------------------------------------- helpers
@@ -222,9 +196,9 @@ def test_vault_is_the_only_setuid_or_setgid_file(sandbox):
 
 
 def test_image_records_the_pi_version(image):
-    import re
+    from pimagic.image import pi_version
 
-    pinned = re.search(r"^ARG PI_VERSION=(.*)$", (CONTAINER_DIR / "Dockerfile").read_text(), re.M).group(1)
+    pinned = pi_version()
     assert image.labels["org.pimagic.pi-version"] == pinned
 
 
