@@ -340,10 +340,36 @@ class Context:
 
     # -- scripted model servers ----------------------------------------------------------------
 
+    def _nodelay(self) -> None:
+        """Set TCP_NODELAY on the scripted server's connections for this run.
+
+        The server streams each SSE event as its own small write; with Nagle's algorithm on, a
+        write waits for the ACK of the previous one, which the client may delay by up to 40 ms.
+        That stall hits pimagic and raw pi at random (bimodal 6 ms / 50 ms turns) and no real
+        provider has it, so the benchmark removes it. A no-op if the server already sets it.
+        """
+        if getattr(self, "_nodelay_done", False):
+            return
+        import socket
+
+        import pimagic.scripted_model as sm
+
+        original = sm._Handler.setup
+
+        def setup(handler: Any) -> None:
+            original(handler)
+            with contextlib.suppress(OSError):
+                handler.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+        sm._Handler.setup = setup
+        self.stack.callback(setattr, sm._Handler, "setup", original)
+        self._nodelay_done = True
+
     @property
     def gateway_server(self) -> Any:
         """Scripted model on the Docker bridge gateway (what the sandbox reaches); answers "ok"."""
         if self._gateway_server is None:
+            self._nodelay()
             from pimagic.offline import start_scripted_model
 
             self._gateway_server = start_scripted_model(self.client, fallback="ok")
@@ -354,6 +380,7 @@ class Context:
     def loopback_server(self) -> Any:
         """The same scripted model on 127.0.0.1 for raw host pi; answers "ok"."""
         if self._loopback_server is None:
+            self._nodelay()
             from pimagic.scripted_model import ScriptedModelServer
 
             self._loopback_server = ScriptedModelServer(host="127.0.0.1", fallback="ok").start()

@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from .common import MiB, Context, Metric, container_memory, log
+from .common import Context, Metric, MiB, container_memory, log
 
 NAME = "memory"
 SETTLE = 2.0  # seconds to let pi go idle (and GC) before a reading

@@ -11,8 +11,9 @@ from IPython.core.interactiveshell import InteractiveShell
 
 from pimagic import piconfig, relay
 from pimagic.magics import PiMagics
-from pimagic.offline import bridge_gateway, start_scripted_model, use_scripted_model
-from pimagic.scripted_model import ScriptedModelServer, call, pi_provider_config, say
+from pimagic.offline import bridge_gateway, register_provider, start_scripted_model, use_scripted_model
+from pimagic.sandbox import HOST_GATEWAY_NAME
+from pimagic.scripted_model import SCRIPTED_PROVIDER, ScriptedModelServer, call, pi_provider_config, say
 from pimagic.widgets import settings_panel
 
 BLOCKED = "gh-guard: 'gh repo' is blocked"
@@ -23,6 +24,8 @@ def two_models(docker_client, settings):
     """A scripted server with two model ids, selected for the workspace."""
     server = start_scripted_model(docker_client, extra_model_ids=["scripted-b"])
     use_scripted_model(settings, server)
+    url = server.base_url(HOST_GATEWAY_NAME)  # register the second id too
+    register_provider(settings, SCRIPTED_PROVIDER, relay.provider_config(url, server.model_ids))
     yield server
     server.stop()
 
