@@ -126,11 +126,15 @@ class Sandbox:
         pi_dir.mkdir(parents=True, exist_ok=True)
         if os.getuid() == 0:  # root on the host: hand the dir to the sandbox's uid
             for path in (pi_dir, *pi_dir.rglob("*")):
-                os.lchown(path, s.uid, s.gid)
+                try:
+                    os.lchown(path, s.uid, s.gid)
+                except FileNotFoundError:  # another kernel renamed a temp file meanwhile
+                    pass
         mask = pi_dir.parent / "empty-mask"
-        if not mask.exists():
-            mask.write_bytes(b"")
-        mask.chmod(0o444)
+        try:  # O_EXCL: two kernels starting at once must not both write it
+            os.close(os.open(mask, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o444))
+        except FileExistsError:
+            pass
         return mask
 
     def masked_files(self) -> list[Path]:
@@ -160,6 +164,9 @@ class Sandbox:
         for path in self.masked_files():
             target = f"{CONTAINER_WORKSPACE}/{path.relative_to(s.workspace_path).as_posix()}"
             mounts.append(Mount(target, str(mask), type="bind", read_only=True))
+        git = s.workspace_path / ".git"
+        if git.is_dir() and not git.is_symlink():  # a mount point: .git cannot be renamed away from its masks
+            mounts.append(Mount(f"{CONTAINER_WORKSPACE}/.git", str(git), type="bind"))
         for path in self.read_only_paths():  # what the host runs on its own: git hooks/config, virtualenvs
             target = f"{CONTAINER_WORKSPACE}/{path.relative_to(s.workspace_path).as_posix()}"
             mounts.append(Mount(target, str(path), type="bind", read_only=True))

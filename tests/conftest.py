@@ -4,18 +4,16 @@ server per test run; a fresh workspace (and so a fresh container) per test."""
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from _support import make_workspace
 
 from pimagic.config import PimagicSettings, load_settings
 from pimagic.errors import DockerUnavailableError
 
 REQUIRE_DOCKER = os.environ.get("PIMAGIC_REQUIRE_DOCKER") == "1"
-AGENT_UID = os.getuid() if os.getuid() != 0 else 1000
-AGENT_GID = os.getgid() if os.getuid() != 0 else 1000
 
 
 def _skip_or_fail(reason: str) -> None:
@@ -42,14 +40,6 @@ def sandbox_image(docker_client) -> str:
 
     settings = load_settings(environ=os.environ)
     return ensure_image(docker_client, settings, progress=None)
-
-
-def make_workspace(root: Path) -> Path:
-    """A workspace the agent's uid can write, as a user's notebook folder is theirs."""
-    root.mkdir(parents=True, exist_ok=True)
-    if os.getuid() == 0:
-        os.chown(root, AGENT_UID, AGENT_GID)
-    return root
 
 
 @pytest.fixture
@@ -94,11 +84,3 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "integration" in str(item.fspath) or "security" in str(item.fspath):
             item.add_marker(pytest.mark.docker)
-
-
-def host_pi() -> tuple[str, str] | None:
-    """(node, cli.js) of pi installed on the host by bench/install-host-pi.sh, if any."""
-    node, cli = os.environ.get("PIMAGIC_HOST_NODE"), os.environ.get("PIMAGIC_HOST_PI_CLI")
-    if node and cli and Path(cli).is_file() and shutil.which(node):
-        return node, cli
-    return None

@@ -10,7 +10,7 @@ import sys
 import time
 
 import pytest
-from conftest import AGENT_GID, AGENT_UID
+from _support import AGENT_GID, AGENT_UID
 
 from pimagic import image as image_mod
 from pimagic.sandbox import Sandbox
@@ -119,7 +119,7 @@ def test_run_options_carry_the_hardening(settings, docker_client):
 
 
 def test_same_folder_reuses_the_container_other_folder_gets_its_own(settings, docker_client, tmp_path):
-    from conftest import make_workspace
+    from _support import make_workspace
 
     from pimagic.config import load_settings
 

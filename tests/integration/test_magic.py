@@ -8,7 +8,7 @@ import threading
 import time
 
 import pytest
-from conftest import AGENT_UID
+from _support import AGENT_UID
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 
