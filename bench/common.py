@@ -57,6 +57,7 @@ class Metric:
     passed: bool | None = None
     note: str = ""
     details: dict[str, Any] = field(default_factory=dict)
+    skipped: bool = False
 
     def __post_init__(self) -> None:
         if self.ratio is None and self.value and self.baseline:
@@ -64,7 +65,7 @@ class Metric:
 
     @property
     def verdict(self) -> str:
-        return {True: "PASS", False: "MISS", None: "info"}[self.passed]
+        return "SKIP" if self.skipped else {True: "PASS", False: "MISS", None: "info"}[self.passed]
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -164,12 +165,17 @@ class HostPi:
     agent_dir: Path
     ready_seconds: float
 
-    def rss_bytes(self) -> int:
-        """Resident set size of the pi (node) process."""
+    def memory(self) -> dict[str, int]:
+        """Resident set size (``rss``) and its anonymous part (``anon``) of the pi (node) process."""
+        fields = {"VmRSS:": "rss", "RssAnon:": "anon"}
+        out: dict[str, int] = {}
         for line in Path(f"/proc/{self.popen.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-        raise RuntimeError("no VmRSS for the host pi process")
+            key = line.split(maxsplit=1)[0] if line.strip() else ""
+            if key in fields:
+                out[fields[key]] = int(line.split()[1]) * 1024
+        if set(out) != set(fields.values()):
+            raise RuntimeError("no VmRSS/RssAnon for the host pi process")
+        return out
 
     def prompt(self, message: str) -> list[dict[str, Any]]:
         return list(self.client.prompt(message, timeout=PROMPT_TIMEOUT))
@@ -220,7 +226,8 @@ def container_memory(container: Any) -> dict[str, int]:
     """Memory of a running container from the stats API (one shot, no 1 s CPU sample).
 
     ``used`` is what ``docker stats`` prints: cgroup usage minus inactive file cache
-    (``inactive_file`` on cgroup v2, ``total_inactive_file`` on v1).
+    (``inactive_file`` on cgroup v2, ``total_inactive_file`` on v1); ``anon`` is the anonymous
+    (process-private) memory charged to the container (``anon`` on v2, ``total_rss`` on v1).
     """
     try:
         stats = container.stats(stream=False, one_shot=True)
@@ -230,7 +237,8 @@ def container_memory(container: Any) -> dict[str, int]:
     usage = int(mem.get("usage") or 0)
     inner = mem.get("stats") or {}
     cache = int(inner.get("inactive_file", inner.get("total_inactive_file", 0)) or 0)
-    return {"usage": usage, "inactive_file": cache, "used": max(0, usage - cache),
+    anon = int(inner.get("anon", inner.get("total_rss", inner.get("rss", 0))) or 0)
+    return {"usage": usage, "inactive_file": cache, "used": max(0, usage - cache), "anon": anon,
             "limit": int(mem.get("limit") or 0)}
 
 

@@ -139,7 +139,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             t0 = time.perf_counter()
             try:
                 metrics += fn(ctx)
-            except KeyboardInterrupt:
+            except (KeyboardInterrupt, SystemExit):
+                log(f"{name} interrupted: cleaning up")
                 raise
             except Exception:
                 errors[name] = traceback.format_exc()

@@ -13,6 +13,7 @@ Stdlib only: it is also shipped to run standalone (``python -m pimagic.scripted_
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import itertools
 import json
@@ -395,6 +396,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         super().setup()
+        # Each SSE event is its own small write: without NODELAY, Nagle + delayed ACK stall ~40 ms.
+        with contextlib.suppress(OSError):
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.server.track(self.connection, add=True)
 
     def finish(self) -> None:
