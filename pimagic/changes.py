@@ -15,7 +15,8 @@ _MAX_FILES = 50_000
 
 # Paths the host may execute or load without the user running them on purpose.
 HOST_EXECUTABLE_PATTERNS = (
-    ".git/hooks/*", ".git/config", ".gitattributes", ".gitmodules", "*.pth", "sitecustomize.py",
+    ".git/hooks/*", ".git/config", ".git/commondir", ".git/config.worktree", ".git/modules/*/config",
+    ".git/modules/*/hooks/*", ".git/worktrees/*/config*", ".gitattributes", ".gitmodules", "*.pth", "sitecustomize.py",
     "usercustomize.py", "conftest.py", "setup.py", "pyproject.toml", "Makefile", "makefile", "*.mk",
     ".envrc", ".bashrc", ".profile", ".zshrc", ".bash_profile", ".vscode/*", ".idea/*",
     ".github/workflows/*", ".gitlab-ci.yml", ".pre-commit-config.yaml", "package.json", "*.ipynb",
