@@ -101,8 +101,9 @@ class PiMagics(Magics):
 
     def _on_paranoid(self, change: dict) -> None:
         # Policy lives in a root-only file in the running sandbox; the next gh call reads it.
-        if self._session is not None and self._session.sandbox.find() is not None:
-            self._session.sandbox.apply_policy()
+        sandbox = self.session.sandbox
+        if sandbox.find() is not None:
+            sandbox.apply_policy()
 
     # --- entry point -----------------------------------------------------------
 

@@ -96,6 +96,7 @@ class Sandbox:
         self.settings = settings
         self._client = client
         self.preflight_warnings: list[str] = []  # Docker host weaknesses found at the last start
+        self.notes: list[str] = []  # what start() had to do that the user should hear about
 
     @property
     def client(self):
@@ -264,7 +265,11 @@ class Sandbox:
                 except SandboxError:
                     container = self.find()
             if container is not None and container.status == "running":
-                return container
+                if container.labels.get(LABEL_RUN_CONFIG) == self._wanted_run_config():
+                    return container
+                # Started with other settings (limits, mounts, a new secret file to mask):
+                # replace it; pi's sessions live on the host, so conversations resume.
+                self.notes.append("the sandbox's settings changed: replaced its container")
             if container is not None:
                 container.remove(force=True)
         image = image_mod.ensure_image(self.client, self.settings, build=build, progress=progress)
@@ -372,6 +377,13 @@ class Sandbox:
             self.name, container.status, tags[0] if tags else container.attrs["Config"]["Image"],
             started, uptime, memory, limit, stale,
         )
+
+    def _wanted_run_config(self) -> str | None:
+        try:
+            image = image_mod.image_tag(self.settings)
+            return self.container_kwargs(image, self._mask_path())["labels"][LABEL_RUN_CONFIG]
+        except Exception:  # e.g. an unreadable build context: keep the running container
+            return None
 
     def _mask_path(self) -> Path:
         return self.settings.pi_data_path.parent / "empty-mask"

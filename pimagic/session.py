@@ -83,6 +83,11 @@ class PiSession:
             self.rpc = None
         container = self.sandbox.start(progress=progress)
         self.notes.extend(f"Docker host check: {w}" for w in self.sandbox.preflight_warnings)
+        self.notes.extend(self.sandbox.notes)
+        self.sandbox.notes.clear()
+        # The container may predate this kernel's settings (another kernel started it): the
+        # policy file must say what this kernel's settings say before pi runs any gh.
+        self.sandbox.apply_policy()
         self._container_id = container.id
         self.configure_pi()
         self._relay_local_providers()
