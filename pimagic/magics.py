@@ -14,7 +14,7 @@ from IPython.display import display
 
 from . import changes as changes_mod
 from .config import PimagicSettings, load_settings
-from .errors import PimagicError
+from .errors import DockerUnavailableError, PimagicError
 from .parsers import HELP_TEXT, CellArgs, LineCommand, interpolate, parse_cell_args, parse_line
 from .render import PiResult, TurnRenderer
 from .session import PiSession
@@ -101,9 +101,12 @@ class PiMagics(Magics):
 
     def _on_paranoid(self, change: dict) -> None:
         # Policy lives in a root-only file in the running sandbox; the next gh call reads it.
-        sandbox = self.session.sandbox
-        if sandbox.find() is not None:
-            sandbox.apply_policy()
+        try:
+            sandbox = self.session.sandbox
+            if sandbox.find() is not None:
+                sandbox.apply_policy()
+        except DockerUnavailableError:
+            pass  # no engine yet: PiSession.ensure() pushes the policy when the sandbox starts
 
     # --- entry point -----------------------------------------------------------
 
