@@ -16,7 +16,9 @@
 #   gh extension/extensions/ext, gh alias
 # Blocked when paranoid (account-level changes such as planting a key):
 #   gh auth, repo, secret, ssh-key, gpg-key, config, and `gh api` requests that write
-#   (-X/--method other than GET, -f/-F/--field/--raw-field/--input).
+#   (-X/--method other than GET, -f/-F/--field/--raw-field/--input); and the commands that
+#   run git or ssh as children holding the token: pr checkout|co|create|new|merge,
+#   gist clone|edit, codespace.
 # `gh help ...`, `gh --help` and `gh --version` only print text and always pass.
 #
 # Finding the subcommand: flags may come before it (`gh -R o/r repo list`) and whether a
@@ -114,6 +116,19 @@ verdict() {
       auth | repo | secret | ssh-key | gpg-key | config)
         block "gh $cmd" "paranoid mode forbids account and repository administration" ;;
       api) if api_writes "$@"; then block "gh api (write request)" "paranoid mode allows only GET requests"; fi ;;
+      # These run git (or ssh) as children that inherit GH_TOKEN; a repository config the agent
+      # wrote (ext:: remotes, credential helpers, filters) could hand it the token.
+      pr)
+        case $sub in
+          checkout | co | create | new | merge) block "gh pr $sub" "paranoid mode forbids gh commands that run git with the token" ;;
+        esac
+        ;;
+      gist)
+        case $sub in
+          clone | edit) block "gh gist $sub" "paranoid mode forbids gh commands that run git with the token" ;;
+        esac
+        ;;
+      codespace | cs) block "gh $cmd" "paranoid mode forbids remote shells with the token" ;;
     esac
   fi
   return 0

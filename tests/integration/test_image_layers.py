@@ -366,6 +366,22 @@ def test_paranoid_blocks_flag_tricks_and_api_writes(sandbox):
         assert code == 126 and "blocked" in err, (command, code, err)
 
 
+@pytest.mark.parametrize(
+    "command", ["pr checkout 1", "pr co 1", "pr create --fill", "pr merge 1", "gist clone x", "codespace ssh"]
+)
+def test_paranoid_blocks_commands_that_run_git_with_the_token(sandbox, command):
+    sandbox.policy(paranoid=True)
+    code, _, err = sandbox.sh(f"gh {command}")
+    assert code == 126 and ("run git with the token" in err or "remote shells" in err), (command, code, err)
+
+
+@pytest.mark.parametrize("command", ["pr list --help", "pr view --help", "issue list --help"])
+def test_paranoid_lets_read_only_pr_and_issue_commands_through(sandbox, command):
+    sandbox.policy(paranoid=True)
+    code, out, err = sandbox.sh(f"gh {command}")
+    assert code == 0, (command, out, err)
+
+
 def test_paranoid_off_allows_repo_help(sandbox):
     sandbox.policy(paranoid=False)
     code, out, err = sandbox.sh("gh repo --help")
