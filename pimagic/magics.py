@@ -4,6 +4,7 @@ No direct Docker calls here."""
 from __future__ import annotations
 
 import os
+import re
 import time
 import uuid
 from typing import Any
@@ -60,17 +61,33 @@ class _LiveOutput:
 
 
 class _Progress:
-    """Image-build / start-up progress in one updating line."""
+    """Image-build / start-up progress in one updating line, with a bar for `Step N/M`."""
+
+    _STEP = re.compile(r"^Step (\d+)/(\d+) : (.*)")
 
     def __init__(self, shell: Any) -> None:
         self.kernel = _in_kernel(shell)
         self.handle = None
+        self.steps_seen = False
+
+    @classmethod
+    def format(cls, line: str) -> str:
+        match = cls._STEP.match(line)
+        if not match:
+            return f"pimagic: {line[:200]}"
+        step, total, what = int(match[1]), int(match[2]), match[3]
+        filled = round(24 * step / max(total, 1))
+        return f"pimagic: building the sandbox image [{'#' * filled}{'.' * (24 - filled)}] {step}/{total} {what[:120]}"
 
     def __call__(self, line: str) -> None:
         line = line.strip()
         if not line:
             return
-        text = f"pimagic: {line[:200]}"
+        text = self.format(line)
+        is_step = text.startswith("pimagic: building")
+        self.steps_seen = self.steps_seen or is_step
+        if self.steps_seen and not is_step:
+            return  # keep the bar on screen; the build's chatter between steps adds nothing
         if not self.kernel:
             print(text, flush=True)
         elif self.handle is None:

@@ -252,3 +252,4 @@ def test_lone_braces_are_rejected(template):
 
 def test_value_is_not_reinterpolated():
     assert interpolate("{x}", {"x": "{n}"}) == "{n}"
+
