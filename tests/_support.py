@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 AGENT_UID = os.getuid() if os.getuid() != 0 else 1000
@@ -16,11 +15,3 @@ def make_workspace(root: Path) -> Path:
     if os.getuid() == 0:
         os.chown(root, AGENT_UID, AGENT_GID)
     return root
-
-
-def host_pi() -> tuple[str, str] | None:
-    """(node, cli.js) of pi installed on the host by bench/install-host-pi.sh, if any."""
-    node, cli = os.environ.get("PIMAGIC_HOST_NODE"), os.environ.get("PIMAGIC_HOST_PI_CLI")
-    if node and cli and Path(cli).is_file() and shutil.which(node):
-        return node, cli
-    return None

@@ -14,6 +14,7 @@ from pimagic.config import PimagicSettings, load_settings
 from pimagic.errors import DockerUnavailableError
 
 REQUIRE_DOCKER = os.environ.get("PIMAGIC_REQUIRE_DOCKER") == "1"
+MIN_NODE = (22, 19)
 
 
 def _skip_or_fail(reason: str) -> None:
@@ -84,3 +85,45 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "integration" in str(item.fspath) or "security" in str(item.fspath):
             item.add_marker(pytest.mark.docker)
+
+
+def _node_version(node: str) -> tuple[int, ...] | None:
+    import re
+    import subprocess
+
+    try:
+        out = subprocess.run([node, "--version"], capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    match = re.match(r"v(\d+)\.(\d+)\.(\d+)", out.strip())
+    return tuple(int(x) for x in match.groups()) if match else None
+
+
+@pytest.fixture(scope="session")
+def host_pi() -> tuple[str, str]:
+    """(node, cli.js) of pi on the host, from bench/install-host-pi.sh (PIMAGIC_HOST_NODE/_PI_CLI)."""
+    import shutil
+
+    node = os.environ.get("PIMAGIC_HOST_NODE") or shutil.which("node")
+    version = _node_version(node) if node else None
+    if version is None or version[:2] < MIN_NODE:
+        _skip_or_fail(f"pi needs Node >= 22.19 on the host (found {node}: {version}); "
+                      'run eval "$(bash bench/install-host-pi.sh)"')
+    cli = os.environ.get("PIMAGIC_HOST_PI_CLI", "")
+    if not Path(cli).is_file():
+        _skip_or_fail(f"PIMAGIC_HOST_PI_CLI={cli!r} is not pi's dist/cli.js; run bench/install-host-pi.sh")
+    return node, cli
+
+
+@pytest.fixture
+def pi_magics(settings):
+    """PiMagics for the test's workspace, registered on the IPython shell; its pi is closed after."""
+    from IPython.core.interactiveshell import InteractiveShell
+
+    from pimagic.magics import PiMagics
+
+    magics = PiMagics(InteractiveShell.instance(), settings)
+    magics.shell.register_magics(magics)
+    yield magics
+    if magics._session is not None:
+        magics._session.close()

@@ -10,20 +10,13 @@ import time
 import pytest
 from _support import AGENT_UID
 from IPython.core.error import UsageError
-from IPython.core.interactiveshell import InteractiveShell
 
-from pimagic.magics import PiMagics
 from pimagic.scripted_model import Turn, call, error, say
 
 
 @pytest.fixture
-def shell(settings, scripted):
-    ip = InteractiveShell.instance()
-    magics = PiMagics(ip, settings)
-    ip.register_magics(magics)
-    yield ip
-    if magics._session is not None:
-        magics._session.close()
+def shell(pi_magics, scripted):
+    return pi_magics.shell
 
 
 def run(shell, body: str, line: str = ""):

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import socket
 import subprocess
 import threading
@@ -26,36 +25,10 @@ from pimagic.rpc import ProcessTransport, RpcClient, assistant_error
 
 pytestmark = pytest.mark.timeout(120)
 
-MIN_NODE = (22, 19)
 DEAD = {"provider": "dead", "model": "m1"}  # nothing listens on port 9 (discard): connection refused
 HUNG = {"provider": "hung", "model": "h1"}  # accepts the connection, never answers
 
 
-def _node_version(node: str) -> tuple[int, ...] | None:
-    try:
-        out = subprocess.run([node, "--version"], capture_output=True, text=True, timeout=20).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    match = re.match(r"v(\d+)\.(\d+)\.(\d+)", out.strip())
-    return tuple(int(x) for x in match.groups()) if match else None
-
-
-@pytest.fixture(scope="module")
-def host_pi() -> tuple[str, str]:
-    node = os.environ.get("PIMAGIC_HOST_NODE") or shutil.which("node")
-    if not node:
-        pytest.skip("no Node.js: set PIMAGIC_HOST_NODE to a node >= 22.19 binary")
-    version = _node_version(node)
-    if version is None:
-        pytest.skip(f"cannot run {node} --version; set PIMAGIC_HOST_NODE to a node >= 22.19 binary")
-    if version[:2] < MIN_NODE:
-        pytest.skip(f"pi needs Node >= 22.19 but {node} is {'.'.join(map(str, version))}; set PIMAGIC_HOST_NODE")
-    cli = os.environ.get("PIMAGIC_HOST_PI_CLI")
-    if not cli:
-        pytest.skip("set PIMAGIC_HOST_PI_CLI to pi's dist/cli.js (@earendil-works/pi-coding-agent 1.5.x)")
-    if not Path(cli).is_file():
-        pytest.skip(f"PIMAGIC_HOST_PI_CLI={cli} does not exist")
-    return node, cli
 
 
 @pytest.fixture(scope="module")

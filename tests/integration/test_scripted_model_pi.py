@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 import os
 import queue
-import re
-import shutil
 import subprocess
 import threading
 import time
@@ -33,44 +31,19 @@ from pimagic.scripted_model import (
     say,
 )
 
-MIN_NODE = (22, 19)
 HELLO = "Hello from the scripted model!\nSecond line ✓\n"
 
 pytestmark = pytest.mark.timeout(180)
 
 
-def _node_version(node: str) -> tuple[int, ...] | None:
-    try:
-        out = subprocess.run([node, "--version"], capture_output=True, text=True, timeout=20).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    match = re.match(r"v(\d+)\.(\d+)\.(\d+)", out.strip())
-    return tuple(int(x) for x in match.groups()) if match else None
+@pytest.fixture(scope="module")
+def node_bin(host_pi) -> str:
+    return host_pi[0]
 
 
 @pytest.fixture(scope="module")
-def node_bin() -> str:
-    explicit = os.environ.get("PIMAGIC_HOST_NODE")
-    node = explicit or shutil.which("node")
-    if not node:
-        pytest.skip("no Node.js: set PIMAGIC_HOST_NODE to a node >= 22.19 binary")
-    version = _node_version(node)
-    if version is None:
-        pytest.skip(f"cannot run {node} --version (set PIMAGIC_HOST_NODE to a node >= 22.19 binary)")
-    if version[:2] < MIN_NODE:
-        found = ".".join(map(str, version))
-        pytest.skip(f"pi needs Node >= 22.19 but {node} is {found}; set PIMAGIC_HOST_NODE")
-    return node
-
-
-@pytest.fixture(scope="module")
-def pi_cli() -> str:
-    cli = os.environ.get("PIMAGIC_HOST_PI_CLI")
-    if not cli:
-        pytest.skip("set PIMAGIC_HOST_PI_CLI to pi's dist/cli.js (@earendil-works/pi-coding-agent 1.5.x)")
-    if not Path(cli).is_file():
-        pytest.skip(f"PIMAGIC_HOST_PI_CLI={cli} does not exist")
-    return cli
+def pi_cli(host_pi) -> str:
+    return host_pi[1]
 
 
 class PiRpc:

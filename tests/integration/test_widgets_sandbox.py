@@ -7,10 +7,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from IPython.core.interactiveshell import InteractiveShell
 
 from pimagic import piconfig, relay
-from pimagic.magics import PiMagics
 from pimagic.offline import bridge_gateway, register_provider, start_scripted_model, use_scripted_model
 from pimagic.sandbox import HOST_GATEWAY_NAME
 from pimagic.scripted_model import SCRIPTED_PROVIDER, ScriptedModelServer, call, pi_provider_config, say
@@ -31,13 +29,8 @@ def two_models(docker_client, settings):
 
 
 @pytest.fixture
-def magics(settings):
-    ip = InteractiveShell.instance()
-    m = PiMagics(ip, settings)
-    ip.register_magics(m)
-    yield m
-    if m._session is not None:
-        m._session.close()
+def magics(pi_magics):
+    yield pi_magics
     relay.stop_all()
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import subprocess
 
 import pytest
-from IPython.core.interactiveshell import InteractiveShell
 from secharness import (
     AGENT_DIR,
     APP_FIREWALL,
@@ -22,21 +21,15 @@ from secharness import (
     plant_workspace,
 )
 
-from pimagic.magics import PiMagics
 from pimagic.scripted_model import call, say
 
 
 @pytest.fixture
-def shell(settings, scripted, workspace):
+def shell(settings, scripted, workspace, pi_magics):
     plant_workspace(workspace)
     plant_pi_dir(settings.pi_data_path)
     settings.github_token = CANARY_TOKEN
-    ip = InteractiveShell.instance()
-    magics = PiMagics(ip, settings)
-    ip.register_magics(magics)
-    yield ip
-    if magics._session is not None:
-        magics._session.close()
+    return pi_magics.shell
 
 
 def cell(shell, scripted, command: str | None = None, *, tool: str = "bash", **args):
