@@ -148,6 +148,7 @@ class PiMagics(Magics):
         live = _LiveOutput(self.shell, args.quiet)
         renderer = TurnRenderer(live.emit)
         try:
+            session.hide_new_secrets(progress=progress)
             session.ensure(progress=progress)
         finally:
             progress.done()

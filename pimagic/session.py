@@ -41,6 +41,7 @@ class PiSession:
         self.rpc: RpcClient | None = None
         self._container_id: str | None = None
         self.notes: list[str] = []  # what happened to the sandbox since the last turn
+        self._masked: set[Path] = set()  # secret files hidden when the container started
 
     # --- persisted conversation identity -----------------------------------
 
@@ -105,6 +106,20 @@ class PiSession:
         self.rpc = rpc
         self._apply_model(rpc, state)
         return rpc
+
+    def hide_new_secrets(self, *, progress: Progress | None = None) -> list[Path]:
+        """Secret files that appeared in the workspace after the container started are not
+        masked in it: replace the container so they are. pi's session resumes; returns them."""
+        if not self.alive():
+            return []  # the next ensure() starts a container with current masks
+        new = sorted(set(self.sandbox.masked_files()) - self._masked)
+        if new:
+            self.close()
+            self.sandbox.remove()
+            self.ensure(progress=progress)
+            names = ", ".join(str(p.relative_to(self.settings.workspace_path)) for p in new)
+            self.notes.append(f"new secret files ({names}) are now hidden: restarted the sandbox, session resumed")
+        return new
 
     def _note_loss(self) -> None:
         container = self.sandbox.find()

@@ -145,3 +145,15 @@ def test_status_line_magic(shell, scripted, capsys):
     shell.run_line_magic("pi", "status")
     out = capsys.readouterr().out
     assert "running" in out and "pimagic-scripted/scripted" in out
+
+
+def test_secret_file_created_between_cells_is_hidden_from_the_next_cell(shell, scripted, workspace):
+    scripted.push(say("started"))
+    run(shell, "hello")
+    (workspace / ".env").write_text("OPENAI_API_KEY=sk-canary-between-cells\n")
+    scripted.push(call("bash", command="stat -c %s /workspace/.env; cat /workspace/.env"), say("looked"))
+    result = run(shell, "read the env file")
+    assert "sk-canary-between-cells" not in result.tool_calls[0].result
+    assert result.tool_calls[0].result.split()[0] == "0"  # an empty file is mounted over it
+    assert ".env" in result._repr_mimebundle_()["text/plain"]  # the notice says what happened
+    assert any("hello" in t for t in user_texts(scripted.messages(-1)))  # the conversation went on
