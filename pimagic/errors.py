@@ -64,6 +64,13 @@ class SandboxError(PimagicError):
         self.container = container
         self.logs = logs
 
+    def __str__(self) -> str:
+        text = super().__str__()
+        tail = [line for line in self.logs.strip().splitlines() if line.strip()][-12:]
+        if tail:  # the last words of the container or of pi: usually the actual cause
+            text += "\n  last output:\n" + "\n".join(f"    {line[:300]}" for line in tail)
+        return text
+
 
 class RpcError(PimagicError):
     """pi's RPC channel failed: a command was rejected, timed out, or pi exited."""
