@@ -3,6 +3,7 @@ hardening lives; everything else finds, starts, stops and execs."""
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import hashlib
 import json
@@ -251,68 +252,76 @@ class Sandbox:
     def start(self, *, build: bool = True, progress=None) -> Any:
         """Return the running container, creating it (and the image) when needed.
 
-        A container that died is removed and replaced; the workspace and pi's
-        data live on the host, so nothing is lost.
+        A container that died, or that was started with other settings, is replaced; the
+        workspace and pi's data live on the host, so nothing is lost. Several kernels may
+        call this at once for one folder: each round either joins the container another
+        one is starting or creates it, and a lost creation race just goes round again.
         """
+        import docker.errors
+
         self.preflight_warnings = []
-        container = self.find()
-        if container is not None:
-            container.reload()
-            if container.status in ("created", "restarting"):
-                # Another kernel may be starting it right now: give it a moment first.
-                try:
-                    return self._wait_running(container, timeout=15)
-                except SandboxError:
-                    container = self.find()
-            if container is not None and container.status == "running":
-                if container.labels.get(LABEL_RUN_CONFIG) == self._wanted_run_config():
-                    return container
-                # Started with other settings (limits, mounts, a new secret file to mask):
-                # replace it; pi's sessions live on the host, so conversations resume.
-                self.notes.append("the sandbox's settings changed: replaced its container")
+        for _ in range(4):
+            container = self.find()
             if container is not None:
-                container.remove(force=True)
+                state = self._settle(container)
+                if state == "running":
+                    if container.labels.get(LABEL_RUN_CONFIG) == self._wanted_run_config():
+                        return container
+                    # Started with other settings (limits, mounts, a new secret file to mask):
+                    # replace it; pi's sessions live on the host, so conversations resume.
+                    self.notes.append("the sandbox's settings changed: replaced its container")
+                if state is not None:
+                    with contextlib.suppress(docker.errors.NotFound):
+                        container.remove(force=True)
+            created = self._create(build=build, progress=progress)
+            if created is not None:
+                return created
+        raise SandboxError(
+            f"could not start sandbox {self.name}: its container keeps being replaced",
+            container=self.name, hint="is another notebook in this folder using different pimagic settings?",
+        )
+
+    def _settle(self, container, timeout: float = 20.0) -> str | None:
+        """The container's state once it is no longer being created; None if it vanished."""
+        import docker.errors
+
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                container.reload()
+            except docker.errors.NotFound:
+                return None
+            if container.status not in ("created", "restarting") or time.monotonic() > deadline:
+                return container.status
+            time.sleep(0.1)  # another kernel is starting it right now
+
+    def _create(self, *, build: bool, progress) -> Any:
+        """Create and start the container; None when another process created it first."""
+        import docker.errors
+
         image = image_mod.ensure_image(self.client, self.settings, build=build, progress=progress)
         self.preflight_warnings = preflight.check(self.client)  # warn, never refuse
         mask = self._prepare_host_dirs()
-        kwargs = self.container_kwargs(image, mask)
-        import docker.errors
-
         try:
-            container = self.client.containers.run(**kwargs)
+            container = self.client.containers.run(**self.container_kwargs(image, mask))
         except docker.errors.APIError as e:
-            if e.status_code == 409:  # another kernel created it a moment ago
-                return self._wait_running(self.find())
-            stale = self.find()
-            if stale is not None:
-                stale.remove(force=True)
-            raise SandboxError(
-                f"could not start the sandbox: {e.explanation or e}", container=self.name
-            ) from e
+            if e.status_code == 409:  # name taken: another kernel won the race
+                return None
+            raise SandboxError(f"could not start the sandbox: {e.explanation or e}", container=self.name) from e
         try:
-            container = self._wait_running(container)
+            if self._settle(container) != "running":
+                raise SandboxError("the sandbox container exited at once", container=self.name)
             self.put_secret("github_token", self.settings.github_token.encode())
             self.apply_policy()
         except Exception:
             logs = _safe_logs(container)
-            container.remove(force=True)
+            with contextlib.suppress(docker.errors.NotFound):
+                container.remove(force=True)
             raise SandboxError(
                 "the sandbox died while starting", container=self.name, logs=logs,
-                hint="see the container logs above; `pimagic build --no-cache` rebuilds the image",
+                hint="`pimagic update` rebuilds the image; `pimagic status` shows the engine's view",
             ) from None
         return container
-
-    def _wait_running(self, container, timeout: float = 30.0):
-        deadline = time.monotonic() + timeout
-        while container is not None and time.monotonic() < deadline:
-            container.reload()
-            if container.status == "running":
-                return container
-            if container.status in ("exited", "dead"):
-                break
-            time.sleep(0.1)
-        logs = _safe_logs(container) if container is not None else ""
-        raise SandboxError("the sandbox container is not running", container=self.name, logs=logs)
 
     def running(self):
         """The running container, or a SandboxError saying it is gone."""

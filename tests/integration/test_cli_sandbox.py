@@ -170,3 +170,27 @@ def test_bad_env_file_is_a_clear_error(settings, workspace, content):
     result = cli(settings, "status")
     assert result.returncode == 1
     assert ".env" in result.stderr and "invalid setting" in result.stderr
+
+
+def test_concurrent_starts_for_one_folder_all_join_one_container(settings, docker_client):
+    import threading
+
+    from pimagic.config import load_settings
+
+    ids, errors = [], []
+
+    def start() -> None:
+        try:  # each "kernel" has its own settings object and client, as separate processes would
+            mine = load_settings(settings.workspace, environ=os.environ, image=settings.image,
+                                 pi_data_dir=settings.pi_data_dir)
+            ids.append(Sandbox(mine).start().id)
+        except Exception as e:  # noqa: BLE001 - collected and asserted below
+            errors.append(e)
+
+    threads = [threading.Thread(target=start) for _ in range(5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    assert len(set(ids)) == 1 and len(ids) == 5
