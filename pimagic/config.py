@@ -72,7 +72,9 @@ class PimagicSettings(Configurable):
     )
     toolchain = Bool(False, help="Keep a C toolchain (build-essential) in the image.").tag(config=True)
     paranoid = Bool(False, help="Block gh auth|repo|secret|ssh-key|gpg-key|config.").tag(config=True)
-    github_token = Unicode("", help="GitHub token, handed to the vault only.").tag(config=True)
+    # Not config=True on purpose: `%config PimagicSettings` prints every config trait's value into
+    # the notebook (and so into the saved .ipynb). The token comes from `.env` or the environment.
+    github_token = Unicode("", help="GitHub token, handed to the vault only.")
     git_name = Unicode("").tag(config=True)
     git_email = Unicode("").tag(config=True)
     git_gpg_key = Unicode("").tag(config=True)

@@ -103,3 +103,23 @@ def test_explicit_env_file_must_exist(tmp_path):
 def test_extra_ca_certs_list_from_environment(tmp_path):
     s = load_settings(tmp_path, environ={"PIMAGIC_EXTRA_CA_CERTS": f"/a.pem{os.pathsep}/b.pem"})
     assert s.extra_ca_certs == ["/a.pem", "/b.pem"]
+
+
+def test_config_magic_never_prints_the_token(tmp_path, monkeypatch, capsys):
+    from IPython.core.interactiveshell import InteractiveShell
+
+    import pimagic
+
+    (tmp_path / ".env").write_text("GITHUB_TOKEN=ghp_canary_config_listing\nPARANOID_MODE=true\n")
+    monkeypatch.chdir(tmp_path)
+    ip = InteractiveShell.instance()
+    pimagic.load_ipython_extension(ip)
+    try:
+        ip.run_line_magic("config", "PimagicSettings")
+        listing = capsys.readouterr().out
+        assert "paranoid" in listing  # the listing works ...
+        assert "ghp_canary_config_listing" not in listing  # ... and the token is not in it
+        assert pimagic._magics.settings.github_token == "ghp_canary_config_listing"
+    finally:
+        ip.configurables.remove(pimagic._magics.settings)
+        pimagic.unload_ipython_extension(ip)
