@@ -211,8 +211,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"pimagic demo: the notebook failed: {e}", file=sys.stderr)
         print(f"pimagic demo: partial result in {output.resolve()}", file=sys.stderr)
         return 1
+    _print_agent_cells(path)
     print(f"pimagic demo: done -> {path.resolve()}")
+    print(f"pimagic demo: the folder's sandbox keeps running; `pimagic clean -w {path.parent}` removes it")
     return 0
+
+
+def _print_agent_cells(path: Path) -> None:
+    """Echo what the agent did (each %%pi cell's plain-text output) for a headless run."""
+    import nbformat
+
+    for cell in nbformat.read(path, as_version=4).cells:
+        if cell.cell_type != "code" or not cell.source.startswith("%%pi"):
+            continue
+        print(f"\n>>> {cell.source.splitlines()[1] if len(cell.source.splitlines()) > 1 else cell.source}")
+        for output in cell.get("outputs", []):
+            text = output.get("data", {}).get("text/plain") or output.get("text") or ""
+            if text.strip():
+                print(text.rstrip())
 
 
 if __name__ == "__main__":
