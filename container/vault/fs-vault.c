@@ -68,8 +68,38 @@ static int node_options_load_firewall(const char *opts)
     return 0;
 }
 
+/* Fail closed when an object preloaded ahead of us (LD_PRELOAD comes before /etc/ld.so.preload)
+ * defines an entry point we wrap: our wrapper would never run, silently. */
+static const char *const WRAPPED[] = {
+    "open", "open64", "openat", "openat64", "__open_2", "__open64_2", "__openat_2", "__openat64_2",
+    "creat", "creat64", "fopen", "fopen64", "freopen", "freopen64", "rename", "renameat", "renameat2",
+    "link", "linkat",
+};
+
+static void refuse_if_shadowed(void)
+{
+    Dl_info self;
+    if (!dladdr((void *)refuse_if_shadowed, &self) || !self.dli_fname)
+        return;
+    void *own = dlopen(self.dli_fname, RTLD_NOW | RTLD_NOLOAD);
+    if (!own)
+        return;
+    for (size_t i = 0; i < sizeof WRAPPED / sizeof WRAPPED[0]; i++) {
+        void *mine = dlsym(own, WRAPPED[i]);
+        void *first = dlsym(RTLD_DEFAULT, WRAPPED[i]);
+        if (mine && first && mine != first) {
+            static const char msg[] = "[SYSTEM BLOCK] fs-vault: a preloaded library (LD_PRELOAD) shadows "
+                                      "the file firewall; refusing to run\n";
+            (void)!write(2, msg, sizeof msg - 1);
+            _exit(126);
+        }
+    }
+    dlclose(own);
+}
+
 __attribute__((constructor)) static void fs_vault_init(void)
 {
+    refuse_if_shadowed();
     char exe[PATH_MAX];
     ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
     if (n > 0) {

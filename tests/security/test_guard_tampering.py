@@ -29,19 +29,59 @@ def test_fs_vault_survives_environment_changes(box, env):
     assert_stopped(res, FS_VAULT, res.code != 0 and res.err.count("[SYSTEM BLOCK]") == 2)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="KNOWN LIMIT: libraries in LD_PRELOAD are searched before /etc/ld.so.preload, so preloading libc "
-    "itself resolves open() to libc's and skips fs-vault.so (a speed bump; the token holds by file modes).",
-)
-def test_fs_vault_with_libc_preloaded_first(box):
-    res = box.sh(f"LD_PRELOAD=/lib/x86_64-linux-gnu/libc.so.6 cat {AGENT_DIR}/auth.json; cat /run/pimagic/github_token")
-    assert_stopped(res, FS_VAULT, res.code != 0 and res.err.count("[SYSTEM BLOCK]") == 2)
+FAKE_OPEN = r"""
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <stdarg.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+int open(const char *p, int f, ...) { va_list a; va_start(a, f); int m = va_arg(a, int); va_end(a);
+    return (int)syscall(SYS_openat, AT_FDCWD, p, f, m); }
+int openat(int d, const char *p, int f, ...) { va_list a; va_start(a, f); int m = va_arg(a, int); va_end(a);
+    return (int)syscall(SYS_openat, d, p, f, m); }
+"""
 
 
-def test_libc_preloaded_first_still_meets_the_kernel_for_the_token(box):
-    res = box.sh("LD_PRELOAD=/lib/x86_64-linux-gnu/libc.so.6 cat /run/pimagic/github_token")
-    assert_stopped(res, KERNEL_PERMS, res.code != 0 and "Permission denied" in res.err)
+@pytest.fixture(scope="module")
+def own_open_library(box, tmp_path_factory):
+    """A library of the agent's own that defines open(), placed in the (exec-allowed) workspace."""
+    import os
+    import shutil
+    import subprocess
+
+    if not shutil.which("gcc"):
+        pytest.skip("gcc is needed on the host to build the attacker's library")
+    src = tmp_path_factory.mktemp("fake") / "fake.c"
+    src.write_text(FAKE_OPEN)
+    out = box.workspace / "fake-open.so"
+    subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(out), str(src)], check=True)
+    if os.getuid() == 0:
+        os.chown(out, 1000, 1000)
+    return "/workspace/fake-open.so"
+
+
+@pytest.mark.parametrize("which", ["libc-first", "own-open"])
+def test_fs_vault_refuses_to_run_when_a_preload_shadows_it(box, own_open_library, which):
+    library = "/lib/x86_64-linux-gnu/libc.so.6" if which == "libc-first" else own_open_library
+    """fs-vault-with-libc-preloaded-first: LD_PRELOAD objects come before /etc/ld.so.preload, so
+    preloading libc (or a library of one's own) would resolve open() past the firewall; fs-vault
+    notices in its constructor and the process exits instead of running unguarded."""
+    res = box.sh(f"LD_PRELOAD={library} cat {AGENT_DIR}/auth.json")
+    assert_stopped(res, FS_VAULT, CANARY_AUTH not in res.out and res.code == 126 and "shadows" in res.err)
+
+
+def test_unrelated_preload_libraries_still_work(box):
+    """The allowed twin: preloading a library that wraps nothing of ours runs normally."""
+    res = box.sh("LD_PRELOAD=/lib/x86_64-linux-gnu/libm.so.6 cat /workspace/README.md")
+    assert res.code == 0, res
+
+
+def test_without_fs_vault_the_token_still_meets_the_kernel(box):
+    """With fs-vault out of the way (a static reader: python's raw openat), file modes hold."""
+    res = box.py("import ctypes, os; libc = ctypes.CDLL(None, use_errno=True); "
+                 "fd = libc.syscall(257, -100, b'/run/pimagic/github_token', os.O_RDONLY); "
+                 "print(fd, os.strerror(ctypes.get_errno()))")
+    assert_stopped(res, KERNEL_PERMS, res.out.startswith("-1") and "Permission denied" in res.out)
 
 
 def test_ld_so_preload_cannot_be_rewritten(box):
