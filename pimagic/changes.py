@@ -12,6 +12,7 @@ from pathlib import Path
 
 _SKIP_DIRS = {"node_modules", "__pycache__", ".ipynb_checkpoints", ".mypy_cache", ".ruff_cache", ".pytest_cache"}
 _MAX_FILES = 50_000
+_GIT_BULK = {"objects", "logs", "lfs"}
 
 # Paths the host may execute or load without the user running them on purpose.
 HOST_EXECUTABLE_PATTERNS = (
@@ -32,6 +33,8 @@ def snapshot(root: Path) -> Snapshot:
     out: Snapshot = {}
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = [d for d in dirnames if d not in _SKIP_DIRS]
+        if os.path.basename(dirpath) == ".git":  # objects and logs are many and never run
+            dirnames[:] = [d for d in dirnames if d not in _GIT_BULK]
         for name in filenames:
             path = os.path.join(dirpath, name)
             try:

@@ -18,9 +18,11 @@ from .config import PimagicSettings, load_settings
 from .errors import DockerUnavailableError, PimagicError
 from .parsers import HELP_TEXT, CellArgs, LineCommand, interpolate, parse_cell_args, parse_line
 from .render import PiResult, TurnRenderer
+from .rpc import TICK
 from .session import PiSession
 
 RESULT_VAR = "_pi"
+FLUSH_TICK = 0.25  # seconds of silence from pi after which held-back output is shown
 
 
 def conversation_key(shell: Any) -> str:
@@ -147,8 +149,10 @@ class PiMagics(Magics):
         progress = _Progress(self.shell)
         live = _LiveOutput(self.shell, args.quiet)
         renderer = TurnRenderer(live.emit)
+        workspace = self.settings.workspace_path
+        before = changes_mod.snapshot(workspace)
         try:
-            session.hide_new_secrets(progress=progress)
+            session.hide_new_secrets(progress=progress, candidates=before)
             session.ensure(progress=progress)
         finally:
             progress.done()
@@ -163,14 +167,15 @@ class PiMagics(Magics):
         if args.thinking:
             session.set_thinking(args.thinking)
 
-        workspace = self.settings.workspace_path
-        before = changes_mod.snapshot(workspace)
         started = time.monotonic()
         interrupted = False
         try:
             timeout = args.timeout or self.settings.turn_timeout
-            for event in session.prompt(prompt, timeout=timeout):
-                renderer.feed(event)
+            for event in session.prompt(prompt, timeout=timeout, tick=FLUSH_TICK):
+                if event.get("type") == TICK:
+                    renderer.flush()  # a pause: show what the throttle held back
+                else:
+                    renderer.feed(event)
         except KeyboardInterrupt:
             # rpc.prompt's cleanup already sent `abort` and waited for agent_settled.
             interrupted = True

@@ -48,6 +48,7 @@ __all__ = [
     "encode_command",
 ]
 
+TICK = "pimagic_tick"  # yielded by prompt(tick=...) while pi is quiet; never sent by pi
 STDOUT = 1
 """Stream id of pi's stdout (Docker's multiplexing uses the same numbers)."""
 STDERR = 2
@@ -591,8 +592,12 @@ class RpcClient:
         timeout: float | None = None,
         event_timeout: float | None = 600.0,
         settle_wait: float = 10.0,
+        tick: float | None = None,
     ) -> Iterator[dict[str, Any]]:
         """Send a prompt and yield each of its events, ending with ``agent_settled`` (inclusive).
+
+        With ``tick``, a ``{"type": TICK}`` record is yielded whenever pi has been quiet for that
+        long, so a consumer can flush throttled output during pauses without a second thread.
 
         Lazy: nothing is sent until the first ``next()``. Subscribes before sending so a fast run
         can't be missed. A ``handled`` disposition (no run started) yields nothing. Raises RpcError
@@ -630,8 +635,13 @@ class RpcClient:
             if (response.get("data") or {}).get("disposition") == "handled":
                 settled = True
                 return
+            last_event = time.monotonic()
             while True:
-                event = self._next_event(turn, deadline, timeout, event_timeout)
+                event = self._next_event(turn, deadline, timeout, event_timeout, tick, last_event)
+                if event.get("type") == TICK:
+                    yield event
+                    continue
+                last_event = time.monotonic()
                 if event.get("type") == "agent_settled":
                     settled = True
                 yield event
@@ -647,18 +657,26 @@ class RpcClient:
                         self._turn = None
 
     def _next_event(
-        self, turn: _Turn, deadline: float | None, timeout: float | None, event_timeout: float | None
+        self, turn: _Turn, deadline: float | None, timeout: float | None, event_timeout: float | None,
+        tick: float | None = None, last_event: float | None = None,
     ) -> dict[str, Any]:
-        wait = event_timeout
-        if deadline is not None:
-            left = max(0.0, deadline - time.monotonic())
-            wait = left if wait is None else min(wait, left)
+        now = time.monotonic()
+        idle_deadline = None if event_timeout is None else (last_event or now) + event_timeout
+        ends = [t for t in (deadline, idle_deadline) if t is not None]
+        wait = max(0.0, min(ends) - now) if ends else None
+        if tick is not None:
+            wait = tick if wait is None else min(wait, tick)
         try:
             item = turn.events.get(timeout=wait)
         except queue.Empty:
-            if deadline is not None and time.monotonic() >= deadline:
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
                 raise self._error(f"the agent did not finish within {timeout:g}s") from None
-            raise self._error(f"no event from pi for {event_timeout:g}s", hint="pi or the model may be stuck") from None
+            if tick is None or (idle_deadline is not None and now >= idle_deadline):
+                raise self._error(
+                    f"no event from pi for {event_timeout:g}s", hint="pi or the model may be stuck"
+                ) from None
+            return {"type": TICK}
         if isinstance(item, RpcError):
             raise item
         return item

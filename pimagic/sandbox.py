@@ -10,7 +10,7 @@ import json
 import os
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -139,21 +139,33 @@ class Sandbox:
             pass
         return mask
 
-    def masked_files(self) -> list[Path]:
-        """Workspace files matching the secret patterns: hidden from the sandbox."""
+    def masked_files(self, candidates: Iterable[str] | None = None) -> list[Path]:
+        """Workspace files matching the secret patterns: hidden from the sandbox.
+
+        `candidates` (paths relative to the workspace, e.g. a change snapshot's keys) saves a
+        second walk of the folder on the per-cell path."""
         root = self.settings.workspace_path
-        patterns = self.settings.secret_patterns
-        keep = set(self.settings.keep_visible)
+        if candidates is None:
+            candidates = []
+            for dirpath, dirnames, filenames in os.walk(root):
+                depth = len(Path(dirpath).relative_to(root).parts)
+                dirnames[:] = [d for d in dirnames if d not in _SKIP_DIRS and depth < _MASK_DEPTH]
+                candidates.extend(os.path.relpath(os.path.join(dirpath, n), root) for n in filenames)
         found: list[Path] = []
-        for dirpath, dirnames, filenames in os.walk(root):
-            depth = len(Path(dirpath).relative_to(root).parts)
-            dirnames[:] = [d for d in dirnames if d not in _SKIP_DIRS and depth < _MASK_DEPTH]
-            for name in filenames:
-                if name not in keep and any(fnmatch.fnmatch(name, p) for p in patterns):
-                    path = Path(dirpath, name)
-                    if path.is_file() and not path.is_symlink():
-                        found.append(path)
+        for rel in candidates:
+            parts = Path(rel).parts
+            if len(parts) > _MASK_DEPTH + 1 or any(p in _SKIP_DIRS for p in parts[:-1]):
+                continue
+            if self._is_secret_name(parts[-1]):
+                path = root / rel
+                if path.is_file() and not path.is_symlink():
+                    found.append(path)
         return sorted(found)
+
+    def _is_secret_name(self, name: str) -> bool:
+        return name not in self.settings.keep_visible and any(
+            fnmatch.fnmatch(name, p) for p in self.settings.secret_patterns
+        )
 
     def _mounts(self, mask: Path) -> list[Any]:
         from docker.types import Mount

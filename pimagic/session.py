@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -107,12 +107,15 @@ class PiSession:
         self._apply_model(rpc, state)
         return rpc
 
-    def hide_new_secrets(self, *, progress: Progress | None = None) -> list[Path]:
+    def hide_new_secrets(
+        self, *, progress: Progress | None = None, candidates: Iterable[str] | None = None
+    ) -> list[Path]:
         """Secret files that appeared in the workspace after the container started are not
-        masked in it: replace the container so they are. pi's session resumes; returns them."""
+        masked in it: replace the container so they are. pi's session resumes; returns them.
+        `candidates`: the workspace's relative paths when the caller has already listed them."""
         if not self.alive():
             return []  # the next ensure() starts a container with current masks
-        new = sorted(set(self.sandbox.masked_files()) - self._masked)
+        new = sorted(set(self.sandbox.masked_files(candidates)) - self._masked)
         if new:
             self.close()
             self.sandbox.remove()
@@ -170,10 +173,10 @@ class PiSession:
 
     # --- conversation --------------------------------------------------------
 
-    def prompt(self, message: str, *, timeout: float | None = None, progress: Progress | None = None
-               ) -> Iterator[dict[str, Any]]:
+    def prompt(self, message: str, *, timeout: float | None = None, progress: Progress | None = None,
+               tick: float | None = None) -> Iterator[dict[str, Any]]:
         rpc = self.ensure(progress=progress)
-        return rpc.prompt(message, timeout=timeout)
+        return rpc.prompt(message, timeout=timeout, tick=tick)
 
     def new_session(self) -> str:
         rpc = self.ensure()

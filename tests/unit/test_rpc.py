@@ -573,3 +573,38 @@ def test_abort_waits_for_settle(client: RpcClient, fake: FakePi) -> None:
     assert results == [True]
     assert rest[-1] == "agent_settled"
     assert client.abort(1) is True  # idle: answered at once
+
+
+def test_prompt_ticks_while_pi_is_quiet_and_still_times_out():
+    """tick= yields TICK records during a pause (the magic flushes its display on them); the
+    idle timeout still counts from the last real event, not from the last tick."""
+    import socket as socket_mod
+
+    from pimagic.rpc import TICK, RpcClient, SocketTransport, encode_command
+
+    ours, theirs = socket_mod.socketpair()
+    client = RpcClient(SocketTransport(ours, multiplexed=False), abort_wait=0.2)
+
+    def peer():
+        buf = b""
+        while b"\n" not in buf:
+            buf += theirs.recv(4096)
+        request = json.loads(buf.split(b"\n")[0])
+        theirs.sendall(encode_command({"type": "response", "id": request["id"], "command": "prompt",
+                                       "success": True, "data": {"disposition": "started"}}))
+        theirs.sendall(encode_command({"type": "agent_start"}))
+        time.sleep(0.35)  # a pause: ticks, no events
+        theirs.sendall(encode_command({"type": "agent_end"}))
+        # then silence: the idle timeout (from agent_end) must fire despite the ticks
+
+    threading.Thread(target=peer, daemon=True).start()
+    kinds = []
+    with pytest.raises(RpcError, match="no event from pi"):
+        for event in client.prompt("hi", tick=0.1, event_timeout=0.6):
+            kinds.append(event["type"])
+    assert kinds[0] == "agent_start" and "agent_end" in kinds
+    between = kinds[1 : kinds.index("agent_end")]
+    assert between and set(between) == {TICK}
+    assert kinds.count(TICK) < 20  # about one per tick, not a busy loop
+    client.close()
+    theirs.close()
