@@ -23,6 +23,9 @@ HOST_EXECUTABLE_PATTERNS = (
     ".github/workflows/*", ".gitlab-ci.yml", ".pre-commit-config.yaml", "package.json", "*.ipynb",
     ".venv/*", "venv/*", "*/bin/activate*", ".pi/*", "ipython_config.py", ".ipython/*", ".jupyter/*",
     "tox.ini", "noxfile.py", "Dockerfile", "docker-compose.yml", "compose.yaml",
+    # IPython and Jupyter read config from the folder they start in: code that runs on the host.
+    "jupyter_*_config.py", "jupyter_*_config.json", "ipython_kernel_config.py", ".pythonrc*",
+    "pytest.ini", "setup.cfg", ".npmrc", ".yarnrc*", "justfile", "Taskfile.yml", ".direnv/*",
 )
 
 Snapshot = dict[str, tuple[int, int, int]]
