@@ -7,6 +7,7 @@ import os
 import re
 import time
 import uuid
+import weakref
 from typing import Any
 
 from IPython.core.error import UsageError
@@ -110,6 +111,7 @@ class PiMagics(Magics):
         super().__init__(shell)
         self.settings = settings or load_settings(parent=shell)
         self._session: PiSession | None = None
+        self.panels: weakref.WeakSet = weakref.WeakSet()  # open settings panels, refreshed after cells
         self.settings.observe(self._on_paranoid, names=["paranoid"])
 
     @property
@@ -191,6 +193,7 @@ class PiMagics(Magics):
             )
         result = renderer.finish(changed.changed, time.monotonic() - started)
         live.close()
+        self._refresh_panels()
         if self.shell is not None:
             self.shell.user_ns[RESULT_VAR] = result
             if args.out:
@@ -199,6 +202,14 @@ class PiMagics(Magics):
             display(result)
             raise KeyboardInterrupt
         return result
+
+    def _refresh_panels(self) -> None:
+        """Keep open panels' status current (cheap: no docker stats); never fail the cell for it."""
+        for panel in list(self.panels):
+            try:
+                panel.refresh_status(stats=False)
+            except Exception:  # noqa: BLE001 - a stale status line must not break the cell
+                pass
 
     # --- %pi SUBCOMMAND -------------------------------------------------------------
 

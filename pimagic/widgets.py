@@ -437,5 +437,8 @@ class SettingsPanel(W.VBox):
 
 
 def settings_panel(magics: Any) -> SettingsPanel:
-    """`%pi settings`: the panel over the extension's settings and this notebook's session."""
-    return SettingsPanel(magics.settings, magics.session, push_policy=False)
+    """`%pi settings`: the panel over the extension's settings and this notebook's session.
+    The magic refreshes its status line after every `%%pi` cell."""
+    panel = SettingsPanel(magics.settings, magics.session, push_policy=False)
+    magics.panels.add(panel)
+    return panel

@@ -5,6 +5,7 @@ a model server bound to the host's loopback must answer through the relay."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -59,8 +60,11 @@ def test_model_switch_from_the_panel_reaches_pi_and_keeps_the_conversation(magic
     assert json.loads((magics.settings.pi_data_path / "settings.json").read_text())["defaultModel"] == "scripted-b"
     assert "scripted-b" in panel.status_html.value
 
+    messages_shown = re.search(r"(\d+) messages", panel.status_html.value).group(1)
     two_models.push(say("second answer"))
     assert run(magics, "what was the word?").text == "second answer"
+    # the open panel's status followed the cell without a click
+    assert int(re.search(r"(\d+) messages", panel.status_html.value).group(1)) > int(messages_shown)
     request = two_models.chat_requests[-1]
     assert request.body["model"] == "scripted-b"
     assert any("pineapple" in json.dumps(m) for m in request.messages)
