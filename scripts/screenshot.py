@@ -15,80 +15,27 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import secrets
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests" / "browser"))  # the lab harness the browser test uses
+
+from labharness import CHROMIUM, CHROMIUM_ARGS, LabError, start_lab  # noqa: E402
 
 NOTEBOOK = REPO / "notebooks" / "quickstart.ipynb"
 DEFAULT_OUTPUT = REPO / "docs" / "jupyterlab-cell.png"
-CHROMIUM = os.environ.get("PIMAGIC_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
 AGENT_UID = AGENT_GID = 1000
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _owned(path: Path) -> Path:
     if os.getuid() == 0:
         os.chown(path, AGENT_UID, AGENT_GID)
     return path
-
-
-def _start_lab(ws: Path, tmp: Path, env: dict[str, str]) -> tuple[subprocess.Popen, str, str, Path]:
-    port, token = _free_port(), secrets.token_hex(16)
-    cmd = [
-        sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
-        f"--ServerApp.token={token}", f"--ServerApp.root_dir={ws}",
-        f"--LabApp.workspaces_dir={tmp / 'lab-workspaces'}",
-        "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
-    ]
-    if os.getuid() == 0:
-        cmd.append("--allow-root")
-    log_path = tmp / "jupyter.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, cwd=ws, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            with opener.open(f"{base}/api/status?token={token}", timeout=2) as r:
-                if r.status == 200:
-                    return proc, base, token, log_path
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            _stop(proc)
-            raise SystemExit("JupyterLab did not start:\n" + log_path.read_text()[-3000:])
-        time.sleep(0.3)
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(15)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait(5)
 
 
 def _shoot(url: str, out: Path, timeout: float, scale: float) -> None:
@@ -187,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = load_settings(ws, environ={}, pi_data_dir=str(data), **overrides)
     image = env_image or ensure_image(client, settings)
     server = start_scripted_model(client, demo_script)
-    proc = None
+    lab = None
     try:
         model = use_scripted_model(settings, server)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("JPY_", "PIMAGIC_CONVERSATION"))}
@@ -196,15 +143,18 @@ def main(argv: list[str] | None = None) -> int:
             JUPYTER_CONFIG_DIR=str(tmp / "jupyter-config"), JUPYTER_RUNTIME_DIR=str(tmp / "jupyter-runtime"),
             JUPYTERLAB_WORKSPACES_DIR=str(tmp / "lab-workspaces"), PYTHONUNBUFFERED="1",
         )
-        proc, base, token, log_path = _start_lab(ws, tmp, env)
         try:
-            _shoot(f"{base}/lab/tree/{NOTEBOOK.name}?token={token}", args.output, args.timeout, args.scale)
+            lab = start_lab(ws, tmp, env)
+        except LabError as e:
+            raise SystemExit(str(e)) from None
+        try:
+            _shoot(lab.url(NOTEBOOK.name), args.output, args.timeout, args.scale)
         except Exception:
-            print(log_path.read_text()[-4000:], file=sys.stderr)
+            print(lab.log_path.read_text()[-4000:], file=sys.stderr)
             raise
     finally:
-        if proc is not None:
-            _stop(proc)
+        if lab is not None:
+            lab.stop()
         server.stop()
         try:
             client.containers.get(settings.container_name).remove(force=True)

@@ -10,25 +10,17 @@ from __future__ import annotations
 import json
 import os
 import re
-import secrets
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 from _support import make_workspace
+from labharness import CHROMIUM, CHROMIUM_ARGS, LabError, start_lab
 
 REPO = Path(__file__).resolve().parents[2]
 NOTEBOOK = REPO / "notebooks" / "settings_panel.ipynb"
 ARTIFACTS = REPO / "test-artifacts"
-CHROMIUM = os.environ.get("PIMAGIC_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
 REQUIRE = os.environ.get("PIMAGIC_REQUIRE_BROWSER") == "1"
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(240)]
@@ -59,12 +51,6 @@ def browser_tools():
         pytest.skip(reason)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def answer(request: dict) -> str:
     """The scripted model says which model id pi asked for: the page shows whether the switch took."""
     return f"Scripted hello from model {request.get('model')}."
@@ -90,50 +76,21 @@ def lab(browser_tools, tmp_path, docker_client, sandbox_image):
     register_provider(settings, SCRIPTED_PROVIDER,
                       relay.provider_config(server.base_url(HOST_GATEWAY_NAME), server.model_ids))
 
-    port, token = _free_port(), secrets.token_hex(16)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("JPY_", "PIMAGIC_CONVERSATION"))}
     env.update(
         PIMAGIC_IMAGE=sandbox_image, PIMAGIC_PI_DATA_DIR=str(data), PIMAGIC_MODEL=model, PARANOID_MODE="false",
         JUPYTER_CONFIG_DIR=str(tmp_path / "jupyter-config"), JUPYTER_RUNTIME_DIR=str(tmp_path / "jupyter-runtime"),
         JUPYTERLAB_WORKSPACES_DIR=str(tmp_path / "lab-workspaces"), PYTHONUNBUFFERED="1",
     )
-    cmd = [
-        sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
-        f"--ServerApp.token={token}", f"--ServerApp.root_dir={ws}",
-        f"--LabApp.workspaces_dir={tmp_path / 'lab-workspaces'}",
-        "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
-    ]
-    if os.getuid() == 0:
-        cmd.append("--allow-root")
-    log = open(tmp_path / "jupyter.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(cmd, cwd=ws, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        while True:
-            try:
-                with opener.open(f"{base}/api/status?token={token}", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail("JupyterLab did not start:\n" + (tmp_path / "jupyter.log").read_text()[-3000:])
-            time.sleep(0.3)
-        yield {"url": f"{base}/lab/tree/{NOTEBOOK.name}?token={token}", "server": server, "settings": settings,
-               "log": tmp_path / "jupyter.log"}
+        lab = start_lab(ws, tmp_path, env)
+    except LabError as e:
+        server.stop()
+        pytest.fail(str(e))
+    try:
+        yield {"url": lab.url(NOTEBOOK.name), "server": server, "settings": settings, "log": lab.log_path}
     finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(15)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait(5)
-        log.close()
+        lab.stop()
         server.stop()
         try:
             docker_client.containers.get(settings.container_name).remove(force=True)
