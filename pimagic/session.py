@@ -176,7 +176,9 @@ class PiSession:
     def prompt(self, message: str, *, timeout: float | None = None, progress: Progress | None = None,
                tick: float | None = None) -> Iterator[dict[str, Any]]:
         rpc = self.ensure(progress=progress)
-        return rpc.prompt(message, timeout=timeout, tick=tick)
+        # No idle limit: a quiet tool (a long `sleep`, a model load) is legitimate; the turn's
+        # overall timeout bounds it, and a dead pi or container ends the stream at once.
+        return rpc.prompt(message, timeout=timeout, tick=tick, event_timeout=None)
 
     def new_session(self) -> str:
         rpc = self.ensure()
