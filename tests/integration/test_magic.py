@@ -157,3 +157,16 @@ def test_secret_file_created_between_cells_is_hidden_from_the_next_cell(shell, s
     assert result.tool_calls[0].result.split()[0] == "0"  # an empty file is mounted over it
     assert ".env" in result._repr_mimebundle_()["text/plain"]  # the notice says what happened
     assert any("hello" in t for t in user_texts(scripted.messages(-1)))  # the conversation went on
+
+
+def test_timeout_option_aborts_a_hung_turn_and_the_next_cell_works(shell, scripted):
+    from pimagic.scripted_model import hang
+
+    scripted.push(hang())
+    started = time.monotonic()
+    result = run(shell, "this will hang", "--timeout 3")
+    assert time.monotonic() - started < 15
+    assert result.error and "did not finish within 3s" in result.error
+    scripted.reset()
+    scripted.push(say("recovered"))
+    assert run(shell, "hello?").text == "recovered"
