@@ -192,7 +192,7 @@ class TurnRenderer:
         self._result: PiResult | None = None
 
         self._blocks: list[Block] = []
-        self._content: dict[int, Block] = {}  # contentIndex -> block, for the streaming message
+        self._content: dict[Any, Block] = {}  # contentIndex -> block, for the streaming message
         self._tools: dict[str, ToolCall] = {}
         self._compaction: _Notice | None = None
         self._model: str | None = None
