@@ -33,17 +33,20 @@ def _check_ok(events: list[dict[str, Any]]) -> None:
         raise RuntimeError(f"raw pi turn failed: {texts[-1] if texts else events[-3:]}")
 
 
+def _timed_cell(cells: Any, i: int) -> float:
+    """One follow-up `%%pi` cell on the warm sandbox, in seconds; its answer must be the scripted "ok"."""
+    started = time.perf_counter()
+    result = cells.run(f"follow-up {i}")
+    elapsed = time.perf_counter() - started
+    if result.text != "ok":
+        raise RuntimeError(f"unexpected answer {result.text!r}")
+    return elapsed
+
+
 def pimagic_followups(ctx: Context, n: int) -> list[float]:
     """n follow-up cells on the warm sandbox (seconds each)."""
     cells = ctx.warm_cells()
-    out = []
-    for i in range(n):
-        started = time.perf_counter()
-        result = cells.run(f"follow-up {i}")
-        out.append(time.perf_counter() - started)
-        if result.text != "ok":
-            raise RuntimeError(f"unexpected answer {result.text!r}")
-    return out
+    return [_timed_cell(cells, i) for i in range(n)]
 
 
 def run_followup(ctx: Context) -> list[Metric]:
@@ -55,11 +58,7 @@ def run_followup(ctx: Context) -> list[Metric]:
     raw: list[float] = []
     log(f"{FOLLOWUP}: {n} interleaved follow-up prompts (pimagic cell, sandbox RPC only, raw host pi)")
     for i in range(n):
-        started = time.perf_counter()
-        result = cells.run(f"follow-up {i}")
-        pimagic.append(time.perf_counter() - started)
-        if result.text != "ok":
-            raise RuntimeError(f"unexpected answer {result.text!r}")
+        pimagic.append(_timed_cell(cells, i))
         # the same sandboxed pi, straight through its RpcClient: container + docker exec cost only
         rpc = cells.session.rpc
         started = time.perf_counter()

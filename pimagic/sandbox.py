@@ -69,17 +69,32 @@ class SandboxStatus:
     memory_limit: int | None = None
     stale: bool = False  # run options changed since the container was created
 
-    def __str__(self) -> str:
-        parts = [f"{self.name}: {self.state}"]
+    def parts(self, *, escape=lambda text: text) -> list[str]:
+        """The status as short phrases (image, uptime, memory); `escape` for HTML callers."""
+        parts = []
         if self.image:
-            parts.append(f"image {self.image}")
+            parts.append(f"image {escape(self.image)}")
         if self.uptime is not None:
-            parts.append(f"up {int(self.uptime)}s")
+            parts.append(f"up {_duration(self.uptime)}")
         if self.memory_bytes is not None:
-            parts.append(f"memory {self.memory_bytes / 2**20:.0f} MiB")
+            limit = f" / {self.memory_limit / 2**20:.0f}" if self.memory_limit else ""
+            parts.append(f"memory {self.memory_bytes / 2**20:.0f}{limit} MiB")
+        return parts
+
+    def __str__(self) -> str:
+        parts = [f"{self.name}: {self.state}", *self.parts()]
         if self.stale:
             parts.append("settings changed: `%pi restart` to apply")
         return ", ".join(parts)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m {seconds % 60}s"
+    return f"{seconds // 3600}h {seconds % 3600 // 60}m"
 
 
 def _docker_size(text: str) -> int:

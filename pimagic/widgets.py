@@ -48,15 +48,6 @@ def configured_models(settings: PimagicSettings) -> list[str]:
     return list(dict.fromkeys(out))
 
 
-def _duration(seconds: float) -> str:
-    seconds = int(seconds)
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m {seconds % 60}s"
-    return f"{seconds // 3600}h {seconds % 3600 // 60}m"
-
-
 class SettingsPanel(W.VBox):
     """The settings panel: ``SettingsPanel(settings, session)``; display it in a notebook.
 
@@ -272,14 +263,7 @@ class SettingsPanel(W.VBox):
         if self.session is not None:
             st = self.session.sandbox.status(with_stats=stats)
             stale = st.stale
-            parts = [f"container <b>{html.escape(st.name)}</b>: {html.escape(st.state)}"]
-            if st.image:
-                parts.append(f"image {html.escape(st.image)}")
-            if st.uptime is not None:
-                parts.append(f"up {_duration(st.uptime)}")
-            if st.memory_bytes is not None:
-                limit = f" / {st.memory_limit / 2**20:.0f}" if st.memory_limit else ""
-                parts.append(f"memory {st.memory_bytes / 2**20:.0f}{limit} MiB")
+            parts = [f"container <b>{html.escape(st.name)}</b>: {html.escape(st.state)}", *st.parts(escape=html.escape)]
             lines.append(" · ".join(parts))
             state = self.session.state() if st.state == "running" else None
             if state is not None:
