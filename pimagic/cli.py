@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from . import image as image_mod
+from . import relay
 from .config import PimagicSettings, load_settings
 from .errors import PimagicError
 from .sandbox import Sandbox, docker_client, list_sandboxes
@@ -108,6 +109,9 @@ def _exec(settings: PimagicSettings, cmd: list[str]) -> int:
     """Run `cmd` in the workspace's sandbox: a TTY when we have one, plain streams otherwise."""
     sandbox = Sandbox(settings)
     sandbox.start(progress=lambda line: print(line, file=sys.stderr, flush=True))
+    # Model servers on the host's loopback (llama.cpp --host 127.0.0.1) reach the sandbox through
+    # relays that live in this process, as long as the command runs (see pimagic.relay).
+    relay.relay_local_providers(settings, sandbox.client)
     tty = sys.stdin.isatty() and sys.stdout.isatty()
     env = {"TERM": os.environ.get("TERM", "xterm-256color")}
     exec_id, sock = sandbox.exec_socket(cmd, tty=tty, environment=env)

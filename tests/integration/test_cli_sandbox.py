@@ -194,3 +194,26 @@ def test_concurrent_starts_for_one_folder_all_join_one_container(settings, docke
         t.join(120)
     assert not errors, errors
     assert len(set(ids)) == 1 and len(ids) == 5
+
+
+def test_run_reaches_a_model_server_on_the_hosts_loopback(settings):
+    """The seed's offline recipe: models.json names llama.cpp on 127.0.0.1; `pimagic run -- -p`
+    gets its answer through a relay that lives as long as the command."""
+    import json
+
+    from pimagic.scripted_model import ScriptedModelServer, pi_provider_config, say
+
+    with ScriptedModelServer(script=[say("hello from the loopback model")], model_id="gemma-local") as llama:
+        agent_dir = settings.pi_data_path
+        agent_dir.mkdir(parents=True, exist_ok=True)
+        (agent_dir / "models.json").write_text(json.dumps(
+            {"providers": {"llama-cpp": pi_provider_config(llama.url, "gemma-local")}}))
+        (agent_dir / "settings.json").write_text(json.dumps(
+            {"defaultProvider": "llama-cpp", "defaultModel": "gemma-local", "retry": {"enabled": False}}))
+        if os.getuid() == 0:
+            for path in (agent_dir, *agent_dir.iterdir()):
+                os.chown(path, AGENT_UID, AGENT_GID)
+        assert llama.host == "127.0.0.1"
+        result = cli(settings, "run", "--", "-p", "say hello")
+    assert result.returncode == 0, result.stderr
+    assert "hello from the loopback model" in result.stdout
