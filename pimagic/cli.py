@@ -16,6 +16,7 @@ from . import relay
 from .config import PimagicSettings, load_settings
 from .errors import PimagicError
 from .sandbox import Sandbox, docker_client, list_sandboxes
+from .session import PiSession
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -112,6 +113,7 @@ def _exec(settings: PimagicSettings, cmd: list[str]) -> int:
     # Model servers on the host's loopback (llama.cpp --host 127.0.0.1) reach the sandbox through
     # relays that live in this process, as long as the command runs (see pimagic.relay).
     relay.relay_local_providers(settings, sandbox.client)
+    PiSession(settings, client=sandbox.client).configure_pi()  # PIMAGIC_MODEL / _THINKING as in notebooks
     tty = sys.stdin.isatty() and sys.stdout.isatty()
     env = {"TERM": os.environ.get("TERM", "xterm-256color")}
     exec_id, sock = sandbox.exec_socket(cmd, tty=tty, environment=env)
