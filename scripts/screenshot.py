@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests" / "browser"))  # the lab harness the browser test uses
 
-from labharness import CHROMIUM, CHROMIUM_ARGS, LabError, start_lab  # noqa: E402
+from labharness import CHROMIUM, CHROMIUM_ARGS, LabError, lab_env, start_lab  # noqa: E402
 
 NOTEBOOK = REPO / "notebooks" / "quickstart.ipynb"
 DEFAULT_OUTPUT = REPO / "docs" / "jupyterlab-cell.png"
@@ -137,12 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     lab = None
     try:
         model = use_scripted_model(settings, server)
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("JPY_", "PIMAGIC_CONVERSATION"))}
-        env.update(
-            PIMAGIC_IMAGE=image, PIMAGIC_PI_DATA_DIR=str(data), PIMAGIC_MODEL=model, PARANOID_MODE="false",
-            JUPYTER_CONFIG_DIR=str(tmp / "jupyter-config"), JUPYTER_RUNTIME_DIR=str(tmp / "jupyter-runtime"),
-            JUPYTERLAB_WORKSPACES_DIR=str(tmp / "lab-workspaces"), PYTHONUNBUFFERED="1",
-        )
+        env = lab_env(tmp, image=image, pi_data_dir=data, model=model)
         try:
             lab = start_lab(ws, tmp, env)
         except LabError as e:

@@ -51,6 +51,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def lab_env(scratch: Path, *, image: str, pi_data_dir: Path, model: str) -> dict[str, str]:
+    """The environment for the lab and its kernels: this sandbox image, pi data dir and model,
+    Jupyter's own dirs in `scratch`, nothing inherited that would pick another conversation."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JPY_", "PIMAGIC_CONVERSATION"))}
+    env.update(
+        PIMAGIC_IMAGE=image, PIMAGIC_PI_DATA_DIR=str(pi_data_dir), PIMAGIC_MODEL=model, PARANOID_MODE="false",
+        JUPYTER_CONFIG_DIR=str(scratch / "jupyter-config"), JUPYTER_RUNTIME_DIR=str(scratch / "jupyter-runtime"),
+        JUPYTERLAB_WORKSPACES_DIR=str(scratch / "lab-workspaces"), PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
 def start_lab(root: Path, scratch: Path, env: dict[str, str], timeout: float = 60.0) -> Lab:
     """JupyterLab serving `root` (its kernels inherit `env`), answering on its status API."""
     port, token = _free_port(), secrets.token_hex(16)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from _support import make_workspace
-from labharness import CHROMIUM, CHROMIUM_ARGS, LabError, start_lab
+from labharness import CHROMIUM, CHROMIUM_ARGS, LabError, lab_env, start_lab
 
 REPO = Path(__file__).resolve().parents[2]
 NOTEBOOK = REPO / "notebooks" / "settings_panel.ipynb"
@@ -76,12 +76,7 @@ def lab(browser_tools, tmp_path, docker_client, sandbox_image):
     register_provider(settings, SCRIPTED_PROVIDER,
                       relay.provider_config(server.base_url(HOST_GATEWAY_NAME), server.model_ids))
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("JPY_", "PIMAGIC_CONVERSATION"))}
-    env.update(
-        PIMAGIC_IMAGE=sandbox_image, PIMAGIC_PI_DATA_DIR=str(data), PIMAGIC_MODEL=model, PARANOID_MODE="false",
-        JUPYTER_CONFIG_DIR=str(tmp_path / "jupyter-config"), JUPYTER_RUNTIME_DIR=str(tmp_path / "jupyter-runtime"),
-        JUPYTERLAB_WORKSPACES_DIR=str(tmp_path / "lab-workspaces"), PYTHONUNBUFFERED="1",
-    )
+    env = lab_env(tmp_path, image=sandbox_image, pi_data_dir=data, model=model)
     try:
         lab = start_lab(ws, tmp_path, env)
     except LabError as e:
