@@ -259,6 +259,7 @@ class Context:
         self.run_id = uuid.uuid4().hex[:8]
         self.stack = contextlib.ExitStack()
         self.tmp = Path(tempfile.mkdtemp(prefix=f"pimagic-bench-{self.run_id}-"))
+        os.environ["PIMAGIC_DATA_ROOT"] = str(self.tmp)  # pi data dirs must lie under pimagic's data root
         if not keep_tmp:
             self.stack.callback(shutil.rmtree, self.tmp, ignore_errors=True)
         self._client: Any = None

@@ -148,6 +148,7 @@ def run_per_prompt(ctx: Context) -> list[Metric]:
         kwargs = sandbox.container_kwargs(ctx.image, mask)
         kwargs["name"] = f"pimagic-bench-{ctx.run_id}-pp-{uuid.uuid4().hex[:6]}"
         kwargs["labels"][BENCH_LABEL] = ctx.run_id
+        kwargs["user"] = f"{settings.uid}:{settings.gid}"  # pi is the main process here, not the supervisor
         ctx.track_container(kwargs["name"])
         cmd = [docker, "run", *docker_run_args(kwargs), ctx.image, "pi", "-p", f"one-shot prompt {i}"]
         started = time.perf_counter()

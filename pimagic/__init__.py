@@ -22,12 +22,16 @@ def load_ipython_extension(ipython: Any) -> None:
     """`%load_ext pimagic`: register `%pi`/`%%pi` and the `PimagicSettings` config object."""
     global _magics
     from .magics import PiMagics
+    from .sandbox import reload_if_sandbox_gone
 
     settings = load_settings(parent=ipython)
+    settings = reload_if_sandbox_gone(settings, lambda: load_settings(parent=ipython))
     if settings not in ipython.configurables:
         ipython.configurables.append(settings)  # makes `%config PimagicSettings...` work
     _magics = PiMagics(ipython, settings)
     ipython.register_magics(_magics)
+    for note in settings.env_notes:  # also repeated in the next %%pi cell
+        print(f"pimagic: {note}")
 
 
 def unload_ipython_extension(ipython: Any) -> None:

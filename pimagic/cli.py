@@ -12,10 +12,11 @@ import sys
 from collections.abc import Sequence
 
 from . import image as image_mod
-from . import relay
-from .config import PimagicSettings, load_settings
+from . import piconfig, relay
+from .config import PimagicSettings, load_settings, trust_env_file
 from .errors import PimagicError
-from .sandbox import Sandbox, docker_client, list_sandboxes
+from .render import clean
+from .sandbox import Sandbox, docker_client, list_sandboxes, reload_if_sandbox_gone
 from .session import PiSession
 
 
@@ -38,7 +39,11 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("shell", help="a bash shell in the sandbox, as the agent's user")
     c = sub.add_parser("clean", help="stop and remove the workspace's sandbox container")
     c.add_argument("--all", action="store_true", help="every pimagic container on this engine")
+    c.add_argument("--reset", action="store_true",
+                   help="also delete the folder's pi data (sessions, auth.json, anything the agent left "
+                   "in pi's dir); keeps the host-owned pi config")
     sub.add_parser("status", help="show the workspace's sandbox")
+    sub.add_parser("trust-env", help="load the folder's .env (or --env-file) pimagic refused, after you checked it")
     return p
 
 
@@ -52,7 +57,14 @@ def _settings(args: argparse.Namespace) -> PimagicSettings:
         overrides["toolchain"] = True
     if getattr(args, "tag", None):
         overrides["image"] = args.tag
-    return load_settings(args.workspace, env_file=args.env_file, **overrides)
+    settings = load_settings(args.workspace, env_file=args.env_file, **overrides)
+    settings = reload_if_sandbox_gone(
+        settings, lambda: load_settings(args.workspace, env_file=args.env_file, **overrides)
+    )
+    if args.command != "trust-env":  # a refused `.env` is said where the user looks
+        for note in settings.env_notes:
+            print(f"pimagic: note: {note}", file=sys.stderr)
+    return settings
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -61,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = _settings(args)
         return _COMMANDS[args.command](args, settings)
     except PimagicError as e:
-        print(f"pimagic: error: {e}", file=sys.stderr)
+        print(f"pimagic: error: {clean(str(e))}", file=sys.stderr)  # may quote the sandbox's output
         return 1
     except KeyboardInterrupt:
         return 130
@@ -93,8 +105,16 @@ def _cmd_clean(args: argparse.Namespace, settings: PimagicSettings) -> int:
     for container in targets:
         container.remove(force=True)
         print(f"removed {container.name}")
-    if not targets:
+    Sandbox(settings, client).close_stale_windows()  # this folder's sandbox can no longer write (.env trust)
+    if not targets and not args.reset:
         print("nothing to clean")
+    if args.reset:  # after the container is gone: nothing in it can write while we delete
+        removed = piconfig.reset_pi_data(settings)
+        for path in removed:
+            print(f"removed {path}")
+        if not removed:
+            print("no pi data to reset")
+        print(f"kept the host-owned pi config in {piconfig.config_dir(settings)}")
     return 0
 
 
@@ -104,6 +124,32 @@ def _cmd_status(args: argparse.Namespace, settings: PimagicSettings) -> int:
     tag = image_mod.image_tag(settings)
     print(f"image {tag}: {'present' if image_mod.image_exists(client, tag) else 'missing (pimagic build)'}")
     return 0
+
+
+def _cmd_trust_env(args: argparse.Namespace, settings: PimagicSettings) -> int:
+    path, digest, keys, notes = trust_env_file(settings, args.env_file)
+    print(f"trusted {path} (sha256 {digest[:16]}); it sets {', '.join(keys) or 'no pimagic keys'}")
+    for note in notes:
+        print(f"pimagic: note: {note}", file=sys.stderr)
+    return 0
+
+
+# Run first in a TTY exec: makes the terminal exclusive (TIOCEXCL), then becomes the command. Any
+# later open() of that pts (a process left from an earlier cell, /proc/<pid>/fd/0, /dev/tty) then
+# fails with EBUSY without CAP_SYS_ADMIN, which the sandbox lacks, and seccomp refuses TIOCSTI: no
+# agent process can read what the user types (keys pasted into /login) or type into it.
+TTY_LOCK = (
+    "python3", "-I", "-c",
+    "import fcntl,os,sys,termios\n"
+    "try:\n fcntl.ioctl(0, termios.TIOCEXCL)\n"
+    "except OSError as e:\n sys.exit(f'pimagic: cannot make the terminal exclusive: {e}')\n"
+    "os.execvp(sys.argv[1], sys.argv[1:])",
+)
+
+
+def tty_command(cmd: Sequence[str]) -> list[str]:
+    """``cmd`` behind the terminal lock (for an exec with a TTY)."""
+    return [*TTY_LOCK, *cmd]
 
 
 def _exec(settings: PimagicSettings, cmd: list[str]) -> int:
@@ -116,7 +162,7 @@ def _exec(settings: PimagicSettings, cmd: list[str]) -> int:
     PiSession(settings, client=sandbox.client).configure_pi()  # PIMAGIC_MODEL / _THINKING as in notebooks
     tty = sys.stdin.isatty() and sys.stdout.isatty()
     env = {"TERM": os.environ.get("TERM", "xterm-256color")}
-    exec_id, sock = sandbox.exec_socket(cmd, tty=tty, environment=env)
+    exec_id, sock = sandbox.exec_socket(tty_command(cmd) if tty else cmd, tty=tty, environment=env)
     raw = getattr(sock, "_sock", sock)
     try:
         if tty:
@@ -188,6 +234,7 @@ _COMMANDS = {
     "shell": _cmd_shell,
     "clean": _cmd_clean,
     "status": _cmd_status,
+    "trust-env": _cmd_trust_env,
 }
 
 if __name__ == "__main__":

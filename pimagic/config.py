@@ -42,6 +42,8 @@ _ENV_KEYS: dict[str, str] = {
     "PIMAGIC_MODEL": "model",
     "PIMAGIC_THINKING": "thinking",
     "PIMAGIC_SECRET_PATTERNS": "secret_patterns",
+    "PIMAGIC_IDLE_TIMEOUT": "idle_timeout",
+    "PIMAGIC_WRITE_LIMIT": "workspace_write_limit",
 }
 
 
@@ -96,7 +98,14 @@ class PimagicSettings(Configurable):
         help="Glob patterns of workspace files hidden from the sandbox.",
     ).tag(config=True)
     keep_visible = List(Unicode(), default_value=[".env.example"]).tag(config=True)
+    env_notes: tuple[str, ...] = ()  # set by load_settings: a refused or partly ignored `.env`
     turn_timeout = Float(1800.0, help="Default seconds a %%pi cell may run.").tag(config=True)
+    idle_timeout = Float(
+        120.0, help="Seconds the sandbox outlives its last attached notebook or shell (0 = forever)."
+    ).tag(config=True)
+    workspace_write_limit = Unicode(
+        "2g", help="Most the workspace may grow while a sandbox runs, and its largest file (0 = no bound)."
+    ).tag(config=True)
 
     def _uid_default(self) -> int:
         return _default_uid()
@@ -123,6 +132,18 @@ class PimagicSettings(Configurable):
     def _check_memory(self, proposal):
         if not _MEMORY_RE.match(proposal.value):
             raise ConfigError("PIMAGIC_MEMORY", proposal.value, "expected a size like 512m or 4g")
+        return proposal.value
+
+    @validate("workspace_write_limit")
+    def _check_write_limit(self, proposal):
+        if not _MEMORY_RE.match(proposal.value):
+            raise ConfigError("PIMAGIC_WRITE_LIMIT", proposal.value, "expected a size like 512m or 2g (0 = no bound)")
+        return proposal.value
+
+    @validate("idle_timeout")
+    def _check_idle_timeout(self, proposal):
+        if proposal.value < 0:
+            raise ConfigError("PIMAGIC_IDLE_TIMEOUT", proposal.value, "expected seconds >= 0 (0 = never stop)")
         return proposal.value
 
     @validate("cpus")
@@ -167,15 +188,54 @@ class PimagicSettings(Configurable):
 
     @property
     def pi_data_path(self) -> Path:
-        """Host dir holding pi's agent dir (sessions, models.json, auth.json) for this workspace."""
-        if self.pi_data_dir:
-            return Path(self.pi_data_dir).expanduser().resolve()
-        base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
-        return base / "pimagic" / "workspaces" / f"{self.workspace_path.name}-{self.workspace_id}" / "agent"
+        """Host dir mounted read-write as pi's agent dir (sessions, auth.json) for this workspace.
+
+        Its parent is the folder's host-only state dir (pi config, relays, conversations).
+        It must lie inside pimagic's data root and outside the workspace: the host creates,
+        chowns and mounts it, so no setting may point it at a directory it does not own."""
+        root = pimagic_data_root()
+        if not self.pi_data_dir:
+            return root / "workspaces" / f"{self.workspace_path.name}-{self.workspace_id}" / "agent"
+        path = Path(self.pi_data_dir).expanduser().resolve()
+        if not (path.is_relative_to(root) and path.parent != root and path != root):
+            raise ConfigError(
+                "PIMAGIC_PI_DATA_DIR", str(path), f"must be a directory inside pimagic's data root {root}",
+                hint="leave it empty (the per-folder default), pick a path under the data root, "
+                "or set PIMAGIC_DATA_ROOT in the kernel's environment",
+            )
+        if path.is_relative_to(self.workspace_path):
+            raise ConfigError(
+                "PIMAGIC_PI_DATA_DIR", str(path), "must not be inside the workspace (the agent writes there)",
+            )
+        return path
+
+    @property
+    def write_limit_bytes(self) -> int:
+        """`workspace_write_limit` in bytes; 0 = no bound."""
+        return parse_size(self.workspace_write_limit)
 
     def __repr__(self) -> str:  # never print the token
         token = "<set>" if self.github_token else "<unset>"
         return f"PimagicSettings(workspace={self.workspace!r}, image={self.image!r}, token={token})"
+
+
+def pimagic_data_root() -> Path:
+    """Where pimagic keeps per-folder state: `PIMAGIC_DATA_ROOT` from the process environment
+    (never from `.env`), else `$XDG_DATA_HOME/pimagic` (`~/.local/share/pimagic`)."""
+    explicit = os.environ.get("PIMAGIC_DATA_ROOT")
+    if explicit:
+        return Path(explicit).expanduser().resolve()
+    base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    return (base / "pimagic").expanduser().resolve()
+
+
+def parse_size(text: str) -> int:
+    """A size in Docker's units (512m, 2g, 1.5g, 4096) in bytes."""
+    units = {"b": 1, "k": 2**10, "m": 2**20, "g": 2**30}
+    text = text.strip().lower()
+    if text and text[-1] in units:
+        return int(float(text[:-1]) * units[text[-1]])
+    return int(float(text))
 
 
 def _parse_bool(key: str, value: str) -> bool:
@@ -216,11 +276,16 @@ def _coerce(settings: PimagicSettings, key: str, trait: str, raw: str) -> object
 
 def read_env_file(path: Path) -> dict[str, str]:
     """Parse a `.env` file strictly: a line python-dotenv cannot parse is an error."""
+    return parse_env(path.read_bytes(), path)
+
+
+def parse_env(data: bytes, path: Path) -> dict[str, str]:
+    """Parse `.env` content strictly (`path` names it in errors, which never echo a value)."""
     from dotenv.parser import parse_stream
 
     values: dict[str, str] = {}
     try:
-        text = path.read_text(encoding="utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise ConfigError(str(path), "...", f"not UTF-8 text ({e.reason})") from None
     for binding in parse_stream(io.StringIO(text)):
@@ -260,21 +325,90 @@ def load_settings(
     parent: object | None = None,
     **overrides: object,
 ) -> PimagicSettings:
-    """Settings for a workspace: defaults < `<workspace>/.env` < environment < overrides.
+    """Settings for a workspace: defaults < `.env` < environment < overrides.
 
     The `.env` values are read, not exported: the token never enters this
-    process's environment, so child processes cannot inherit it.
+    process's environment, so child processes cannot inherit it. A `.env` inside the
+    workspace is loaded only when the host can vouch for it (pimagic.envtrust); what was
+    refused or ignored is in `settings.env_notes`, for the next cell to show.
     """
     settings = PimagicSettings(parent=parent)
     if workspace is not None:
         settings.workspace = str(Path(workspace).expanduser().resolve())
-    env_path = Path(env_file) if env_file else settings.workspace_path / ".env"
-    if env_path.is_file():
-        apply_env(settings, read_env_file(env_path), str(env_path))
-    elif env_file:
-        raise ConfigError("env_file", str(env_file), "no such file")
-    apply_env(settings, environ if environ is not None else os.environ, "the environment")
-    for name, value in overrides.items():
-        if value is not None:
-            setattr(settings, name, value)
+    environ = environ if environ is not None else os.environ
+
+    def apply_trusted() -> None:
+        apply_env(settings, environ, "the environment")
+        for name, value in overrides.items():
+            if value is not None:
+                setattr(settings, name, value)
+
+    apply_trusted()  # first: the trust records' location may not depend on the file being judged
+    values, notes, source = _env_file_values(settings, env_file)
+    if values:
+        apply_env(settings, values, source)
+        apply_trusted()  # the environment and explicit overrides still win
+    settings.env_notes = tuple(notes)
     return settings
+
+
+def _env_file_values(
+    settings: PimagicSettings, env_file: str | os.PathLike | None
+) -> tuple[dict[str, str], list[str], str]:
+    """(values to apply, notes for the user, source name) of the settings file."""
+    from . import envtrust
+
+    path = Path(env_file) if env_file else settings.workspace_path / ".env"
+    if not os.path.lexists(path):
+        if env_file:
+            raise ConfigError("env_file", str(env_file), "no such file")
+        return {}, [], str(path)
+    if not envtrust.in_workspace(path, settings.workspace_path):
+        return read_env_file(path), [], str(path)  # the user's own file on the host: all keys
+    verdict = envtrust.check(path, settings)
+    if not verdict.trusted:
+        return {}, [envtrust.refusal_note(verdict, _key_names(verdict))], str(path)
+    values = parse_env(verdict.env.data, path)  # type: ignore[union-attr]
+    host_only = sorted(k for k in values if k in envtrust.HOST_ONLY_KEYS)
+    notes = [envtrust.host_only_note(path, host_only)] if host_only else []
+    return {k: v for k, v in values.items() if k not in envtrust.HOST_ONLY_KEYS}, notes, str(path)
+
+
+def _key_names(verdict) -> list[str] | None:
+    """pimagic's keys a refused file would set (names only); None when it cannot be parsed."""
+    if verdict.env is None:
+        return None
+    try:
+        return sorted(k for k in parse_env(verdict.env.data, verdict.path) if k in _ENV_KEYS)
+    except ConfigError:
+        return None
+
+
+def trust_env_file(
+    settings: PimagicSettings, env_file: str | os.PathLike | None = None, *, environ: Mapping[str, str] | None = None
+) -> tuple[Path, str, list[str], list[str]]:
+    """The user vouches for the folder's `.env` (or `env_file`) as it is now: record its hash in the
+    host-only ledger and load it into `settings` (the environment still wins).
+
+    Returns (path, sha256, keys loaded, notes). A file that is not a plain regular file, or
+    that does not parse, is refused with ConfigError: nothing is recorded."""
+    from . import envtrust
+
+    path = Path(env_file) if env_file else settings.workspace_path / ".env"
+    if not os.path.lexists(path):
+        raise ConfigError(str(path), None, "no such file", hint="write the .env first, then trust it")
+    if not envtrust.in_workspace(path, settings.workspace_path):
+        raise ConfigError(str(path), None, "outside the workspace: it is always loaded, nothing to trust")
+    if os.path.realpath(path) != os.path.abspath(path):
+        raise ConfigError(str(path), None, "reached through a symlink (not followed)",
+                          hint="replace the symlink with the file itself")
+    env = envtrust.read_env(path)
+    values = parse_env(env.data, path)
+    host_only = sorted(k for k in values if k in envtrust.HOST_ONLY_KEYS)
+    loaded = {k: v for k, v in values.items() if k in _ENV_KEYS and k not in envtrust.HOST_ONLY_KEYS}
+    apply_env(PimagicSettings(workspace=settings.workspace), loaded, str(path))  # a bad value: record nothing
+    digest = envtrust.accept(envtrust.state_dir(settings), env.data)
+    apply_env(settings, loaded, str(path))
+    apply_env(settings, environ if environ is not None else os.environ, "the environment")
+    settings.env_notes = ()
+    return path, digest, sorted(loaded), [envtrust.host_only_note(path, host_only)] if host_only else []

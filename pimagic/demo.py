@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import stat
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -150,9 +151,13 @@ def provider_configured(settings: PimagicSettings) -> bool:
     """True when pi has something real to talk to: a chosen non-scripted model, a login, or a key."""
     if settings.model and not settings.model.startswith(SCRIPTED_PROVIDER + "/"):
         return True
-    auth = settings.pi_data_path / "auth.json"
-    if auth.is_file() and auth.stat().st_size > 2:
-        return True
+    # auth.json is pi's (the agent's dir): an lstat only, to choose the demo's model, never opened.
+    try:
+        auth = os.stat(settings.pi_data_path / "auth.json", follow_symlinks=False)
+        if stat.S_ISREG(auth.st_mode) and auth.st_size > 2:
+            return True
+    except OSError:
+        pass
     return any(os.environ.get(k) for k in PROVIDER_KEYS)
 
 

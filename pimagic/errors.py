@@ -16,8 +16,11 @@ class PimagicError(Exception):
         return f"{self.message}\n  hint: {self.hint}" if self.hint else self.message
 
     def _render_traceback_(self) -> list[str]:
-        # IPython shows this instead of a traceback: one short, actionable message.
-        return [f"pimagic {type(self).__name__}: {self}"]
+        # IPython shows this instead of a traceback: one short, actionable message. It may quote
+        # the sandbox (logs, pi's stderr), so terminal escape sequences are stripped.
+        from .render import clean
+
+        return [clean(f"pimagic {type(self).__name__}: {self}")]
 
 
 class ConfigError(PimagicError):
@@ -82,3 +85,8 @@ class RpcError(PimagicError):
 
 class ModelError(PimagicError):
     """The model provider failed a turn (unreachable, HTTP error, bad key)."""
+
+
+class DiskLimitError(PimagicError):
+    """The workspace grew past `workspace_write_limit` (the sandbox was stopped), or its growth
+    cannot be watched."""

@@ -15,10 +15,10 @@ from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.display import display
 
 from . import changes as changes_mod
-from .config import PimagicSettings, load_settings
+from .config import PimagicSettings, load_settings, trust_env_file
 from .errors import DockerUnavailableError, PimagicError
 from .parsers import HELP_TEXT, CellArgs, LineCommand, interpolate, parse_cell_args, parse_line
-from .render import PiResult, TurnRenderer
+from .render import PiResult, TurnRenderer, clean, escape_name
 from .rpc import TICK
 from .session import PiSession
 
@@ -110,6 +110,7 @@ class PiMagics(Magics):
     def __init__(self, shell: Any = None, settings: PimagicSettings | None = None) -> None:
         super().__init__(shell)
         self.settings = settings or load_settings(parent=shell)
+        self._env_notes = list(self.settings.env_notes)  # a refused `.env`: said in the next cell
         self._session: PiSession | None = None
         self.panels: weakref.WeakSet = weakref.WeakSet()  # open settings panels, refreshed after cells
         self.settings.observe(self._on_paranoid, names=["paranoid"])
@@ -158,8 +159,9 @@ class PiMagics(Magics):
             session.ensure(progress=progress)
         finally:
             progress.done()
-        for note in session.notes:
+        for note in [*self._env_notes, *session.notes]:
             renderer.add_notice(note, warn=True)
+        self._env_notes.clear()
         session.notes.clear()
         if args.new_session:
             session.new_session()
@@ -188,7 +190,7 @@ class PiMagics(Magics):
         if changed.host_executable:
             renderer.add_notice(
                 "the agent created or changed files your machine may run: "
-                + ", ".join(changed.host_executable) + " (review before running anything here)",
+                + ", ".join(map(escape_name, changed.host_executable)) + " (review before running anything here)",
                 warn=True,
             )
         result = renderer.finish(changed.changed, time.monotonic() - started)
@@ -214,7 +216,7 @@ class PiMagics(Magics):
     # --- %pi SUBCOMMAND -------------------------------------------------------------
 
     def _line(self, cmd: LineCommand) -> Any:
-        handler = getattr(self, f"_do_{cmd.name}", None)
+        handler = getattr(self, f"_do_{cmd.name.replace('-', '_')}", None)
         if handler is None:  # parse_line already validated the name
             raise UsageError(f"%pi {cmd.name} is not implemented")
         return handler(cmd)
@@ -272,15 +274,25 @@ class PiMagics(Magics):
         print(f"restarted {self.session.sandbox.name}; session {self.session.session_id}")
 
     def _do_logs(self, cmd: LineCommand) -> None:
+        # Both come from the sandbox: escape sequences (clipboard, title, cursor) are stripped.
         lines = cmd.lines or 50
         rpc = self.session.rpc
         if rpc is not None:
             print("--- pi stderr ---")
-            print("\n".join(rpc.stderr_tail.splitlines()[-lines:]))
+            print(clean("\n".join(rpc.stderr_tail.splitlines()[-lines:])))
         print("--- container logs ---")
-        print(self.session.sandbox.logs(tail=lines))
+        print(clean(self.session.sandbox.logs(tail=lines)))
 
     def _do_settings(self, cmd: LineCommand) -> Any:
         from .widgets import settings_panel
 
         return settings_panel(self)
+
+    def _do_trust_env(self, cmd: LineCommand) -> None:
+        """You wrote the folder's `.env`: record its content as yours and load it now."""
+        path, digest, keys, notes = trust_env_file(self.settings)
+        self._env_notes.clear()
+        print(f"trusted {path} (sha256 {digest[:16]}); loaded {', '.join(keys) or 'no pimagic keys'}")
+        for note in notes:
+            print(f"note: {note}")
+        print("`%pi restart` applies changed limits and mounts to a running sandbox")

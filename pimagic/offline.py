@@ -25,9 +25,10 @@ def register_provider(
     settings: PimagicSettings, name: str, provider: dict[str, Any], *, model_id: str | None = None,
     retry: bool | None = None,
 ) -> None:
-    """Merge a provider into the workspace's models.json and, with `model_id`, make it the default."""
-    owner = {"uid": settings.uid, "gid": settings.gid}
-    piconfig.merge_provider(settings.pi_data_path, name, provider, **owner)
+    """Merge a provider into the folder's host-owned models.json (never pi's agent dir, which the
+    agent can write) and, with `model_id`, make it the default; refreshes the sandbox's view."""
+    cfg = piconfig.config_dir(settings)
+    piconfig.merge_provider(cfg, name, provider)
     values: dict[str, Any] = {}
     if model_id:
         values.update(defaultProvider=name, defaultModel=model_id)
@@ -37,7 +38,8 @@ def register_provider(
         if not retry:
             values["retry"]["maxRetries"] = 0
     if values:
-        piconfig.merge_settings(settings.pi_data_path, values, **owner)
+        piconfig.merge_settings(cfg, values)
+    piconfig.refresh_view(settings)
 
 
 def start_scripted_model(client: Any, script: Any = None, **kwargs: Any) -> ScriptedModelServer:

@@ -55,6 +55,7 @@ LINE_COMMANDS: dict[str, tuple[str, str]] = {
     "restart": ("restart", "restart the sandbox (new container, new session)"),
     "logs": ("logs [-n N]", "last N lines of pi's stderr / container logs"),
     "settings": ("settings", "show the settings panel"),
+    "trust-env": ("trust-env", "load the folder's .env pimagic refused (after you checked it)"),
     "help": ("help", "this text"),
 }
 LINE_ALIASES = {"reset": "new"}

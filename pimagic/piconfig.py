@@ -1,35 +1,71 @@
-"""pi's own config files in the workspace's agent dir (`models.json`,
-`settings.json`): merged, never clobbered, so hand-written files (the seed's
-offline recipe) keep working. Pure file I/O; no Docker."""
+"""pi's config files (`models.json`, `settings.json`), kept where the sandbox cannot write.
+
+A folder's state dir (the parent of `settings.pi_data_path`) holds:
+
+    agent/          pi's agent dir, the ONLY part mounted (read-write): sessions, auth.json
+    pi-config/      the host-owned models.json / settings.json (pimagic, the panel and you write these)
+    sandbox-view/   what pi reads: a generated copy (relay URLs substituted), bind-mounted
+                    read-only as files over agent/models.json and agent/settings.json
+    conversations/, relays.json, empty-mask   host-only bookkeeping
+
+The host never reads or writes inside `agent/` (the agent owns it): it only creates the
+directory, and `pimagic clean --reset` removes it without following symlinks.
+Merges never clobber hand-written keys. No Docker here.
+"""
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import hostfs
 from .errors import ConfigError
 
 MODELS_FILE = "models.json"
 SETTINGS_FILE = "settings.json"
+CONFIG_DIR = "pi-config"
+VIEW_DIR = "sandbox-view"
+AGENT_DIR = "agent"
+VIEW_FILES = (MODELS_FILE, SETTINGS_FILE)
+
+
+def state_dir(settings: Any) -> Path:
+    return Path(settings.pi_data_path).parent
+
+
+def config_dir(settings: Any) -> Path:
+    """The host-owned pi config (edit models.json here; the sandbox only sees a read-only copy)."""
+    return state_dir(settings) / CONFIG_DIR
+
+
+def view_dir(settings: Any) -> Path:
+    return state_dir(settings) / VIEW_DIR
+
+
+# --- JSON in host-owned dirs ---------------------------------------------------------------
 
 
 def read_json(path: Path) -> dict[str, Any]:
-    """A JSON object from `path` ({} when missing); a broken file is an error, not silently replaced."""
+    """A JSON object from `path` ({} when missing). Symlinks, FIFOs, devices and oversize files
+    are refused; a broken file is an error, not silently replaced."""
+    path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with hostfs.opened_dir(path.parent) as dfd:
+            raw = hostfs.read_file(dfd, path.name)
     except FileNotFoundError:
         return {}
-    if not text.strip():
+    if raw is None or not raw.strip():
         return {}
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        where = f"line {e.lineno}: {e.msg}" if isinstance(e, json.JSONDecodeError) else "not UTF-8"
         raise ConfigError(
-            str(path), None, f"not valid JSON (line {e.lineno}: {e.msg})",
+            str(path), None, f"not valid JSON ({where})",
             hint="fix the file by hand; pimagic will not overwrite it",
         ) from None
     if not isinstance(data, dict):
@@ -37,17 +73,16 @@ def read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def write_json(path: Path, data: Mapping[str, Any], *, uid: int | None = None, gid: int | None = None) -> None:
-    """Atomic write (rename), keeping the file usable by the sandbox's uid."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
-    os.chmod(tmp, 0o644)
-    if uid is not None and os.getuid() == 0:
-        os.chown(tmp, uid, gid if gid is not None else uid)
-    os.replace(tmp, path)
+def _dump(data: Mapping[str, Any]) -> bytes:
+    return (json.dumps(data, indent=2) + "\n").encode("utf-8")
+
+
+def write_json(path: Path, data: Mapping[str, Any]) -> None:
+    """Atomic, symlink-safe write of a host-owned file (its dir is created, mode 0700)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with hostfs.opened_dir(path.parent) as dfd:
+        hostfs.write_atomic(dfd, path.name, _dump(data), mode=0o600)
 
 
 def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
@@ -61,13 +96,13 @@ def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, 
     return out
 
 
-def merge_provider(agent_dir: Path, name: str, provider: Mapping[str, Any], **owner: int) -> None:
-    """Add or update one provider in models.json; other providers and keys are kept.
+def merge_provider(cfg_dir: Path, name: str, provider: Mapping[str, Any]) -> None:
+    """Add or update one provider in the host-owned models.json; other providers and keys are kept.
 
     Models of the provider are merged by id, so a model the user tuned by hand
     keeps its extra fields.
     """
-    path = agent_dir / MODELS_FILE
+    path = Path(cfg_dir) / MODELS_FILE
     data = read_json(path)
     providers = dict(data.get("providers") or {})
     current = dict(providers.get(name) or {})
@@ -79,14 +114,131 @@ def merge_provider(agent_dir: Path, name: str, provider: Mapping[str, Any], **ow
         merged["models"] = list(by_id.values())
     providers[name] = merged
     data["providers"] = providers
-    write_json(path, data, **owner)
+    write_json(path, data)
 
 
-def merge_settings(agent_dir: Path, values: Mapping[str, Any], **owner: int) -> None:
-    """Merge keys into settings.json (e.g. defaultProvider, defaultModel, retry)."""
-    path = agent_dir / SETTINGS_FILE
-    write_json(path, deep_merge(read_json(path), values), **owner)
+def merge_settings(cfg_dir: Path, values: Mapping[str, Any]) -> None:
+    """Merge keys into the host-owned settings.json (e.g. defaultProvider, defaultModel, retry)."""
+    path = Path(cfg_dir) / SETTINGS_FILE
+    write_json(path, deep_merge(read_json(path), values))
 
 
-def configured_providers(agent_dir: Path) -> dict[str, Any]:
-    return dict(read_json(agent_dir / MODELS_FILE).get("providers") or {})
+def configured_providers(cfg_dir: Path) -> dict[str, Any]:
+    return dict(read_json(Path(cfg_dir) / MODELS_FILE).get("providers") or {})
+
+
+# --- the state dir and the sandbox's read-only view ---------------------------------------
+
+
+@dataclass
+class StateDir:
+    """What preparing the state dir found (notes for the cell)."""
+
+    path: Path
+    notes: list[str] = field(default_factory=list)
+
+
+def prepare_state(settings: Any) -> StateDir:
+    """Create the state dir, the host-owned config and view dirs, and `agent/` (chowned to the
+    sandbox's uid on its fd, never recursively). Nothing inside `agent/` is opened."""
+    state = state_dir(settings)
+    state.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    hostfs.make_dir(state)
+    out = StateDir(state)
+    with hostfs.opened_dir(state) as sfd:
+        hostfs.make_dir(AGENT_DIR, dir_fd=sfd, mode=0o700)
+        if hostfs.make_dir(CONFIG_DIR, dir_fd=sfd):
+            out.notes.extend(_legacy_note(settings, sfd))
+        with hostfs.opened_dir(AGENT_DIR, dir_fd=sfd) as afd:
+            if os.getuid() == 0:  # root on the host: hand only this one dir to the sandbox's uid
+                os.fchown(afd, settings.uid, settings.gid)
+            _clear_mount_points(afd)
+        hostfs.make_dir(VIEW_DIR, dir_fd=sfd, mode=0o755)
+        with hostfs.opened_dir(VIEW_DIR, dir_fd=sfd) as vfd:
+            for name in VIEW_FILES:  # the mount sources must exist before the container starts
+                if hostfs.read_file(vfd, name) is None:
+                    hostfs.write_in_place(vfd, name, b"{}\n")
+    return out
+
+
+def _clear_mount_points(afd: int) -> None:
+    """The view is mounted over agent/models.json and agent/settings.json. No container runs now
+    (start() removed it), so nothing races: a symlink or directory the agent left at those names
+    (which would move or fail the mount) is removed without following it; files are left alone."""
+    import stat
+
+    for name in VIEW_FILES:
+        try:
+            st = os.stat(name, dir_fd=afd, follow_symlinks=False)
+        except FileNotFoundError:
+            continue
+        if not stat.S_ISREG(st.st_mode):
+            hostfs.remove_tree(name, dir_fd=afd)
+
+
+def _legacy_note(settings: Any, sfd: int) -> list[str]:
+    """An older pimagic kept pi's config inside agent/, where the agent can write: never imported."""
+    found = []
+    for name in VIEW_FILES:
+        try:
+            os.stat(f"{AGENT_DIR}/{name}", dir_fd=sfd, follow_symlinks=False)
+            found.append(name)
+        except OSError:
+            pass
+    if not found:
+        return []
+    return [
+        f"pi's {' and '.join(found)} now live in {config_dir(settings)} (host-only); the old copies in "
+        f"{settings.pi_data_path} were not imported because the agent could write them. "
+        "Copy what you need by hand after checking it."
+    ]
+
+
+def write_view(settings: Any, models: Mapping[str, Any], pi_settings: Mapping[str, Any]) -> None:
+    """Update the sandbox's read-only copies in place (same inode: a running container sees them)."""
+    vdir = view_dir(settings)
+    vdir.mkdir(parents=True, exist_ok=True, mode=0o755)
+    with hostfs.opened_dir(vdir) as vfd:
+        for name, data in ((MODELS_FILE, models), (SETTINGS_FILE, pi_settings)):
+            payload = _dump(data)
+            if hostfs.read_file(vfd, name) != payload:
+                hostfs.write_in_place(vfd, name, payload, mode=0o644)
+
+
+def refresh_view(settings: Any) -> None:
+    """The view = the host-owned config, with each relayed provider's baseUrl replaced by its
+    relay's sandbox URL (from the host-only relays record, see pimagic.relay)."""
+    from .relay import read_record
+
+    cfg = config_dir(settings)
+    models = read_json(cfg / MODELS_FILE)
+    record = read_record(settings)
+    providers = dict(models.get("providers") or {})
+    for name, provider in providers.items():
+        entry = record.get(name) or {}
+        if isinstance(provider, Mapping) and entry.get("containerUrl") and provider.get("baseUrl") == entry.get(
+            "hostUrl"
+        ):
+            providers[name] = {**provider, "baseUrl": entry["containerUrl"]}
+    if providers:
+        models = {**models, "providers": providers}
+    write_view(settings, models, read_json(cfg / SETTINGS_FILE))
+
+
+def reset_pi_data(settings: Any) -> list[str]:
+    """Remove the folder's pi data: `agent/` (sessions, auth.json, and whatever the agent planted:
+    extensions, AGENTS.md, skills, symlinks) and the conversation ids that point into it. Symlink-
+    safe (fd-based rmtree). The host-owned config, relays record and view are kept. Returns what went."""
+    state = state_dir(settings)
+    removed = []
+    try:
+        sfd = hostfs.open_dir(state)
+    except FileNotFoundError:
+        return removed
+    try:
+        for name in (AGENT_DIR, "conversations"):
+            if hostfs.remove_tree(name, dir_fd=sfd):
+                removed.append(str(state / name))
+    finally:
+        os.close(sfd)
+    return removed

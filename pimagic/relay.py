@@ -16,8 +16,10 @@ not reachable from other machines (the gateway address is not routed from the
 LAN), and nothing else on the host is forwarded.
 
 Relays live as long as the kernel (stopped at interpreter exit, or with
-:func:`stop_all`). Which providers were relayed is recorded next to pi's data
-dir (``relays.json``), so a restarted kernel relays them again.
+:func:`stop_all`). Only providers of the host-owned config (see pimagic.piconfig)
+are relayed -- never a URL from pi's agent dir, which the agent can write. Which
+port each used is recorded in the host-only ``relays.json``, so a restarted
+kernel reuses it.
 """
 
 from __future__ import annotations
@@ -32,7 +34,6 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 from . import piconfig
@@ -377,75 +378,59 @@ def container_url(
 # --------------------------------------------------------------------------------------------------
 
 
-def _record_path(settings: Any) -> Path:
-    return Path(settings.pi_data_path).parent / RELAYS_FILE
-
-
-def _read_record(settings: Any) -> dict[str, dict[str, str]]:
+def read_record(settings: Any) -> dict[str, dict[str, str]]:
+    """relays.json in the folder's host-only state dir: provider -> {hostUrl, containerUrl}."""
     try:
-        data = json.loads(_record_path(settings).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        data = piconfig.read_json(piconfig.state_dir(settings) / RELAYS_FILE)
+    except PimagicError:  # a broken record only costs the preferred port
         return {}
-    return {k: v for k, v in data.items() if isinstance(v, dict)} if isinstance(data, dict) else {}
+    return {k: v for k, v in data.items() if isinstance(v, dict)}
 
 
 def _write_record(settings: Any, record: dict[str, dict[str, str]]) -> None:
-    path = _record_path(settings)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    piconfig.write_json(piconfig.state_dir(settings) / RELAYS_FILE, record)
 
 
-def _relayed_url(settings: Any, client: Any, name: str, url: str, record: dict, listen_host: str | None) -> str | None:
-    """The sandbox URL for provider ``name`` whose baseUrl is ``url``; None when it needs no relay."""
-    entry = record.get(name) or {}
-    if is_local_url(url):
-        host_url, preferred = url, []
-    elif entry.get("containerUrl") == url and is_local_url(entry.get("hostUrl", "")):
-        # Relayed by an earlier kernel: relay again, on the same port when it is free.
-        host_url, preferred = entry["hostUrl"], [urllib.parse.urlsplit(url).port or 0]
-    else:
-        return None
-    new_url = container_url(host_url, client, listen_host=listen_host, preferred_ports=preferred)
-    record[name] = {"hostUrl": host_url, "containerUrl": new_url}
-    return new_url
+def _relay_one(client: Any, url: str, entry: dict[str, str], listen_host: str | None) -> str:
+    """The sandbox URL for loopback `url`; an earlier kernel's relay port is preferred."""
+    preferred = []
+    if entry.get("hostUrl") == url and entry.get("containerUrl"):
+        preferred = [urllib.parse.urlsplit(entry["containerUrl"]).port or 0]
+    return container_url(url, client, listen_host=listen_host, preferred_ports=preferred)
 
 
 def relay_local_providers(settings: Any, client: Any, *, listen_host: str | None = None) -> dict[str, str]:
-    """Relay every provider in the workspace's models.json whose baseUrl is on loopback.
+    """Relay every provider of the HOST-OWNED models.json whose baseUrl is on loopback.
 
-    Called by PiSession.ensure() before pi starts, so a hand-written models.json
-    (the seed's ``providers.llama-cpp`` at ``http://127.0.0.1:1337/v1``) works in
-    the sandbox. The baseUrl is rewritten in place to ``host.docker.internal:<relay
-    port>`` (a merge: every other key stays); the original is kept in
-    ``relays.json`` beside the data dir, so later kernels relay it again.
+    Called before pi starts, so a hand-written config (the seed's ``providers.llama-cpp``
+    at ``http://127.0.0.1:1337/v1``) works in the sandbox. Only what the user configured on
+    the host counts: pi's agent dir is the agent's and is never read. The host config keeps
+    the loopback URL; the sandbox's read-only view gets ``host.docker.internal:<relay port>``,
+    and ``relays.json`` remembers the port for later kernels.
     Returns ``{provider: sandbox baseUrl}`` for the relayed providers.
     Failures are a :class:`RelayError` (or the ConfigError of a broken models.json).
     """
     try:
-        agent_dir = Path(settings.pi_data_path)
-        providers = piconfig.configured_providers(agent_dir)
-        record = _read_record(settings)
+        providers = piconfig.configured_providers(piconfig.config_dir(settings))
+        record = read_record(settings)
         before = json.dumps(record, sort_keys=True)
         out: dict[str, str] = {}
         for name, provider in providers.items():
             url = provider.get("baseUrl") if isinstance(provider, dict) else None
-            if not isinstance(url, str):
+            if not isinstance(url, str) or not is_local_url(url):
                 continue
-            new_url = _relayed_url(settings, client, name, url, record, listen_host)
-            if new_url is None:
-                continue
-            out[name] = new_url
-            if new_url != url:
-                piconfig.merge_provider(agent_dir, name, {"baseUrl": new_url}, uid=settings.uid, gid=settings.gid)
+            out[name] = _relay_one(client, url, record.get(name) or {}, listen_host)
+            record[name] = {"hostUrl": url, "containerUrl": out[name]}
         if json.dumps(record, sort_keys=True) != before:
             _write_record(settings, record)
+        piconfig.refresh_view(settings)
         return out
     except PimagicError:
         raise
     except Exception as e:
         raise RelayError(
             f"could not relay local model servers into the sandbox: {type(e).__name__}: {e}",
-            hint="check models.json in the pi data dir, or use a baseUrl the sandbox can reach",
+            hint=f"check models.json in {piconfig.config_dir(settings)}, or use a baseUrl the sandbox can reach",
         ) from e
 
 
@@ -522,9 +507,11 @@ def add_model_server(
     ids = model_ids or list_server_models(base)
     provider = name or provider_name_for(base)
     sandbox_url = container_url(base, client, listen_host=listen_host)
-    register_provider(settings, provider, provider_config(sandbox_url, ids, name=f"{provider} ({base})"))
+    # The host config keeps the URL the user gave; the sandbox's view gets the relay's.
+    register_provider(settings, provider, provider_config(base, ids, name=f"{provider} ({base})"))
     if sandbox_url != base:
-        record = _read_record(settings)
+        record = read_record(settings)
         record[provider] = {"hostUrl": base, "containerUrl": sandbox_url}
         _write_record(settings, record)
+    piconfig.refresh_view(settings)
     return provider, ids, sandbox_url

@@ -22,11 +22,12 @@ import html
 import json
 import re
 import time
+import unicodedata
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["RESULT_LINES", "PiResult", "ToolCall", "TurnRenderer"]
+__all__ = ["RESULT_LINES", "PiResult", "ToolCall", "TurnRenderer", "clean", "escape_name"]
 
 RESULT_LINES = 20  # tool output lines shown before the rest goes into a collapsed <details>
 _ARG_CHARS = 300  # JSON args of unknown tools, shortened to this many characters
@@ -485,20 +486,50 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 _BIDI = re.compile(r"[\u202a-\u202e\u2066-\u2069]")  # "Trojan Source" reordering
 
 
-def clean(text: str) -> str:
-    """Strip terminal escapes and control characters; resolve carriage-return overwrites."""
+def clean(text: str, *, overwrite: bool = False) -> str:
+    """Strip terminal escapes and control characters (tabs and newlines stay).
+
+    A lone carriage return is shown as ``\\r``: folded, it would let agent text erase what
+    pimagic put before it on the same line (a file name ending a warning). Only tool output
+    (``overwrite``) resolves it the way a terminal does, so progress bars read well; there the
+    text on both sides of the CR comes from the same tool.
+    """
     text = _ANSI.sub("", text).replace("\r\n", "\n")
     if "\r" in text:
-        text = "\n".join(line.rstrip("\r").rsplit("\r", 1)[-1] for line in text.split("\n"))
+        if overwrite:
+            text = "\n".join(line.rstrip("\r").rsplit("\r", 1)[-1] for line in text.split("\n"))
+        else:
+            text = text.replace("\r", "\\r")
     return _BIDI.sub("\ufffd", _CONTROL.sub("", text))
+
+
+_NAME_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape_char(c: str) -> str:
+    if c in _NAME_ESCAPES:
+        return _NAME_ESCAPES[c]
+    if unicodedata.category(c) not in ("Cc", "Cf", "Cs", "Zl", "Zp"):
+        return c
+    n = ord(c)
+    if 0xDC80 <= n <= 0xDCFF:  # a byte that was not UTF-8 (os.fsdecode's surrogateescape)
+        n -= 0xDC00
+    return f"\\x{n:02x}" if n <= 0xFF else f"\\u{n:04x}"
+
+
+def escape_name(name: str) -> str:
+    """A file name from the sandbox as one visible line, repr-style: backslash, CR, LF, tab, other
+    control and format characters (ESC, C1, bidi overrides, zero-width), line separators and
+    undecodable bytes become escapes, so a name can neither hide text nor start a new line."""
+    return "".join(_escape_char(c) for c in name)
 
 
 def _one_line(text: str) -> str:
     return " ".join(clean(text).split())
 
 
-def _h(text: str) -> str:
-    return html.escape(clean(text), quote=True)
+def _h(text: str, *, overwrite: bool = False) -> str:
+    return html.escape(clean(text, overwrite=overwrite), quote=True)
 
 
 def _fence(text: str, info: str = "") -> str:
@@ -748,7 +779,7 @@ def _footer_parts(footer: _Footer) -> list[str]:
     parts.append(f"{footer.duration:.1f}s")
     files = footer.changed_files
     if files:
-        names = ", ".join(_one_line(f) for f in files[:8]) + (", …" if len(files) > 8 else "")
+        names = ", ".join(escape_name(f) for f in files[:8]) + (", …" if len(files) > 8 else "")
         parts.append(f"{len(files)} file{'s' if len(files) != 1 else ''} changed: {names}")
     return parts
 
@@ -816,7 +847,7 @@ def _html_tool(tool: ToolCall, limit: int) -> str:
         )
     if view.collapsed:
         parts.append(_html_details(*view.collapsed))
-    result = tool.result.rstrip("\n")
+    result = clean(tool.result, overwrite=True).rstrip("\n")
     if result:
         n = _count_lines(result)
         if view.fold_result and not tool.is_error:
@@ -866,7 +897,7 @@ def _md_tool(tool: ToolCall, limit: int) -> str:
         parts.append(_fence(clean(view.code), view.lang))
     if view.collapsed:
         parts.append(_md_details(*view.collapsed))
-    result = clean(tool.result).rstrip("\n")
+    result = clean(tool.result, overwrite=True).rstrip("\n")
     if result:
         n = _count_lines(result)
         if view.fold_result and not tool.is_error:
@@ -912,7 +943,7 @@ def _plain_tool(tool: ToolCall, limit: int) -> str:
     if view.code:
         code = clean(view.code)
         lines.append(_indent(("$ " + code) if view.lang == "bash" else code))
-    result = clean(tool.result).rstrip("\n")
+    result = clean(tool.result, overwrite=True).rstrip("\n")
     if result:
         n = _count_lines(result)
         if view.fold_result and not tool.is_error:
@@ -937,8 +968,8 @@ def _plain_block(block: Block, limit: int) -> str:
     if isinstance(block, _Error):
         note = f" ({clean(block.note)})" if block.note else ""
         return f"[error{note}] {clean(block.message)}"
-    if isinstance(block, _Notice):
-        return f"[{'!' if block.warn else 'i'}] {clean(block.message)}"
+    if isinstance(block, _Notice):  # one line by design: no text inside can fake another
+        return f"[{'!' if block.warn else 'i'}] {_one_line(block.message)}"
     return ""
 
 

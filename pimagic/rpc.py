@@ -38,6 +38,8 @@ __all__ = [
     "STDERR",
     "STDOUT",
     "DockerFrameDecoder",
+    "MAX_FRAME",
+    "MAX_LINE",
     "JsonlDecoder",
     "ProcessTransport",
     "RpcClient",
@@ -48,6 +50,7 @@ __all__ = [
     "encode_command",
 ]
 
+_FRESH_PI_HINT = "this pi process was ended; the next cell starts a fresh one and resumes the conversation"
 TICK = "pimagic_tick"  # yielded by prompt(tick=...) while pi is quiet; never sent by pi
 STDOUT = 1
 """Stream id of pi's stdout (Docker's multiplexing uses the same numbers)."""
@@ -56,6 +59,13 @@ STDERR = 2
 
 _HEADER = struct.Struct(">BxxxL")
 _READ_SIZE = 65536
+MAX_FRAME = 16 * 1024 * 1024
+"""Largest Docker frame accepted. Docker copies the process's pipe through 32 KiB buffers, one
+frame per read, so a bigger frame header can only come from a corrupt or hostile stream."""
+MAX_LINE = 256 * 1024 * 1024
+"""Longest stdout line accepted from pi. pi's largest records repeat a whole run's messages
+(``agent_end``, ``get_messages``), images included as base64 (pi caps each image at 4.5 MB):
+256 MiB leaves room for ~50 full-size images in one run while bounding the host's memory."""
 
 # ------------------------------------------------------------------------------------------------
 # 1. Pure framing
@@ -67,11 +77,13 @@ class DockerFrameDecoder:
 
     Each frame is an 8-byte header ``[stream, 0, 0, 0, size(uint32 BE)]`` and ``size`` payload
     bytes. Reads from a socket cut frames anywhere (even inside the header), so bytes are buffered
-    until a frame is complete.
+    until a frame is complete. A header announcing more than ``max_frame`` bytes raises
+    :class:`RpcError` before anything is buffered for it.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_frame: int = MAX_FRAME) -> None:
         self._buf = bytearray()
+        self.max_frame = max_frame
 
     def feed(self, data: bytes) -> Iterator[tuple[int, bytes]]:
         """Buffer ``data`` now; iterate the frames that are complete."""
@@ -82,6 +94,12 @@ class DockerFrameDecoder:
         buf = self._buf
         while len(buf) >= _HEADER.size:
             stream, size = _HEADER.unpack_from(buf)
+            if size > self.max_frame:
+                raise RpcError(
+                    f"the sandbox sent a {size}-byte stream frame (the limit is {self.max_frame})",
+                    stderr="",
+                    hint="the connection to pi was corrupt and is closed; the next cell starts a fresh pi",
+                )
             end = _HEADER.size + size
             if len(buf) < end:
                 return
@@ -98,10 +116,11 @@ class DockerFrameDecoder:
 @dataclass(frozen=True)
 class UndecodableLine:
     """A stdout line that is not a JSON object; reported instead of raised so one bad line can't
-    kill the reader."""
+    kill the reader. ``oversized``: longer than the decoder's limit (``line`` holds its start)."""
 
     line: bytes
     error: str
+    oversized: bool = False
 
 
 class JsonlDecoder:
@@ -109,10 +128,18 @@ class JsonlDecoder:
 
     Splitting on bytes keeps multi-byte UTF-8 characters cut across reads intact and never treats
     U+2028/U+2029 (legal inside JSON strings) as record boundaries, unlike ``str.splitlines``.
+
+    Linear time: each byte is searched for LF once (``_scanned`` remembers how far the pending
+    line was searched), so a line fed in many small reads costs no more than one read. A line
+    longer than ``max_line`` is reported once as an ``oversized`` :class:`UndecodableLine` and
+    its remaining bytes are dropped up to its LF, so memory stays bounded by ``max_line``.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_line: int = MAX_LINE) -> None:
         self._buf = bytearray()
+        self._scanned = 0  # bytes at the start of _buf known to hold no LF
+        self._skipping = False  # inside an oversized line: drop bytes up to its LF
+        self.max_line = max_line
 
     def feed(self, data: bytes) -> Iterator[dict[str, Any] | UndecodableLine]:
         """Buffer ``data`` now; iterate the records of every complete line."""
@@ -123,21 +150,40 @@ class JsonlDecoder:
         """At EOF: decode a last line that had no terminating LF."""
         rest = bytes(self._buf)
         self._buf.clear()
-        if rest.strip():
+        self._scanned = 0
+        if rest.strip() and not self._skipping:
             yield _decode_line(rest)
 
     def _records(self) -> Iterator[dict[str, Any] | UndecodableLine]:
         buf = self._buf
         while True:
-            end = buf.find(b"\n")
+            end = buf.find(b"\n", self._scanned)
             if end < 0:
+                self._scanned = len(buf)
+                if self._skipping or len(buf) > self.max_line + 1:  # + 1: a CR before the LF
+                    yield from self._overflow()
                 return
             line = bytes(buf[:end])
             del buf[: end + 1]
+            self._scanned = 0
+            if self._skipping:  # the tail of an oversized line, already reported
+                self._skipping = False
+                continue
             if line.endswith(b"\r"):
                 line = line[:-1]
+            if len(line) > self.max_line:
+                yield UndecodableLine(line[:200], f"line longer than {self.max_line} bytes", oversized=True)
+                continue
             if line.strip():
                 yield _decode_line(line)
+
+    def _overflow(self) -> Iterator[UndecodableLine]:
+        """The pending line passed ``max_line`` without an LF: report it once, drop what is buffered."""
+        if not self._skipping:
+            self._skipping = True
+            yield UndecodableLine(bytes(self._buf[:200]), f"line longer than {self.max_line} bytes", oversized=True)
+        self._buf.clear()
+        self._scanned = 0
 
 
 def _decode_line(line: bytes) -> dict[str, Any] | UndecodableLine:
@@ -359,8 +405,10 @@ class RpcClient:
         stderr_limit: int = 16384,
         call_timeout: float = 30.0,
         abort_wait: float = 5.0,
+        max_line: int = MAX_LINE,
     ) -> None:
         self.transport = transport
+        self.max_line = max_line
         self.call_timeout = call_timeout
         self.abort_wait = abort_wait
         self._stderr_limit = stderr_limit
@@ -406,21 +454,27 @@ class RpcClient:
     # -- reader thread ---------------------------------------------------------------------------
 
     def _read_loop(self) -> None:
-        decoder = JsonlDecoder()
-        reason = "pi exited"
+        decoder = JsonlDecoder(self.max_line)
+        reason, hint = "pi exited", None
         try:
             for stream, data in self.transport.read_chunks():
                 if stream == STDERR:
                     self._note_stderr(data)
                     continue
                 for item in decoder.feed(data):
+                    if isinstance(item, UndecodableLine) and item.oversized:
+                        raise RpcError(f"pi sent a {item.error}", stderr="")
                     self._dispatch(item)
             for item in decoder.finish():
                 self._dispatch(item)
+        except RpcError as exc:  # an oversized line or frame: the stream can no longer be trusted
+            reason, hint = f"pi's output channel is corrupt: {exc.message}", _FRESH_PI_HINT
+            with contextlib.suppress(Exception):
+                self.transport.close()  # ends this pi; the session starts a fresh one
         except Exception as exc:  # a broken transport is just another way for pi to be gone
             reason = f"lost the connection to pi ({type(exc).__name__}: {exc})"
         finally:
-            self._on_eof(reason)
+            self._on_eof(reason, hint)
 
     def _note_stderr(self, data: bytes) -> None:
         with self._lock:
@@ -431,7 +485,7 @@ class RpcClient:
 
     def _dispatch(self, item: dict[str, Any] | UndecodableLine) -> None:
         if isinstance(item, UndecodableLine):
-            self._note_stderr(f"[pimagic: undecodable stdout line ({item.error}): {item.line[:200]!r}]\n".encode())
+            self._on_garbage(item)
             return
         kind = item.get("type")
         if kind == "response":
@@ -457,11 +511,28 @@ class RpcClient:
         if turn is not None:
             turn.events.put(item)
 
-    def _on_eof(self, reason: str) -> None:
+    def _on_garbage(self, item: UndecodableLine) -> None:
+        """pi writes only JSONL to stdout (it takes stdout over in RPC mode): a bad line is noted,
+        and a turn in flight ends with an error (the prompt iterator then aborts the run)."""
+        self._note_stderr(f"[pimagic: undecodable stdout line ({item.error}): {item.line[:200]!r}]\n".encode())
+        with self._lock:
+            turn = self._turn
+        if turn is not None:
+            turn.events.put(
+                self._error(
+                    f"pi sent an undecodable line ({item.error}); the turn was stopped",
+                    hint="`%pi logs` shows the line; run the cell again",
+                )
+            )
+
+    def _on_eof(self, reason: str, hint: str | None = None) -> None:
         exit_status = self.transport.exit_status()
         if exit_status is not None:
             reason += f" (exit status {exit_status})"
-        hint = None if self._closed else "see the stderr tail; restart the agent session"
+        if self._closed:
+            hint = None
+        elif hint is None:
+            hint = "see the stderr tail; restart the agent session"
         error = RpcError(reason, stderr=self.stderr_tail, hint=hint)
         with self._lock:
             self._eof_error = error

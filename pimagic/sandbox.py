@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import envtrust, hostfs, piconfig, preflight, seccomp
 from . import image as image_mod
-from . import preflight, seccomp
 from .config import PimagicSettings
-from .errors import DockerUnavailableError, SandboxError
+from .errors import DockerUnavailableError, PimagicError, SandboxError
 
 LABEL_MANAGED = "org.pimagic.managed"
 LABEL_WORKSPACE = "org.pimagic.workspace"
@@ -28,6 +28,8 @@ CONTAINER_HOME = "/home/pi"
 CONTAINER_WORKSPACE = "/workspace"
 CONTAINER_PI_DIR = f"{CONTAINER_HOME}/.pi/agent"
 PUT_SECRET = "/usr/local/lib/pimagic/put-secret"
+IDLE_SUPERVISOR = "/usr/local/lib/pimagic/idle-supervisor.py"
+IDLE_EXIT_CODE = 75  # the supervisor's exit code when no session was attached for idle_timeout
 HOST_GATEWAY_NAME = "host.docker.internal"
 
 # Directories never walked when looking for secret files to mask (too big, not secrets).
@@ -127,7 +129,8 @@ class Sandbox:
     # --- host-side preparation -------------------------------------------
 
     def _prepare_host_dirs(self) -> Path:
-        """Create pi's data dir, writable by the container's uid; return the mask file."""
+        """Create the folder's state dir and pi's agent dir (writable by the container's uid);
+        return the mask file."""
         s = self.settings
         if not s.workspace_path.is_dir():
             raise SandboxError(
@@ -139,20 +142,18 @@ class Sandbox:
                 f"the agent runs as uid {s.uid} and cannot write to {s.workspace_path} (owned by uid {st.st_uid})",
                 hint=f"run as a normal user, or `chown {s.uid}:{s.gid} {s.workspace_path}`, or set HOST_UID",
             )
-        pi_dir = s.pi_data_path
-        pi_dir.mkdir(parents=True, exist_ok=True)
-        if os.getuid() == 0:  # root on the host: hand the dir to the sandbox's uid
-            for path in (pi_dir, *pi_dir.rglob("*")):
-                try:
-                    os.lchown(path, s.uid, s.gid)
-                except FileNotFoundError:  # another kernel renamed a temp file meanwhile
-                    pass
-        mask = pi_dir.parent / "empty-mask"
-        try:  # O_EXCL: two kernels starting at once must not both write it
-            os.close(os.open(mask, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o444))
-        except FileExistsError:
-            pass
-        return mask
+        # pi's agent dir is the agent's; everything the host reads or writes sits beside it
+        # (host-only) and reaches the sandbox as read-only file mounts (see pimagic.piconfig).
+        state = piconfig.prepare_state(s)
+        self.notes.extend(state.notes)
+        piconfig.refresh_view(s)
+        with hostfs.opened_dir(state.path) as sfd:  # O_EXCL: two kernels starting at once
+            try:
+                os.close(os.open("empty-mask", os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, 0o444,
+                                 dir_fd=sfd))
+            except FileExistsError:
+                pass
+        return self._mask_path()
 
     def masked_files(self, candidates: Iterable[str] | None = None) -> list[Path]:
         """Workspace files matching the secret patterns: hidden from the sandbox.
@@ -190,6 +191,9 @@ class Sandbox:
             Mount(CONTAINER_WORKSPACE, str(s.workspace_path), type="bind"),
             Mount(CONTAINER_PI_DIR, str(s.pi_data_path), type="bind"),
         ]
+        for name in piconfig.VIEW_FILES:  # pi reads its config from the host-owned, read-only view
+            source = piconfig.view_dir(s) / name
+            mounts.append(Mount(f"{CONTAINER_PI_DIR}/{name}", str(source), type="bind", read_only=True))
         for path in self.masked_files():
             target = f"{CONTAINER_WORKSPACE}/{path.relative_to(s.workspace_path).as_posix()}"
             mounts.append(Mount(target, str(mask), type="bind", read_only=True))
@@ -237,7 +241,10 @@ class Sandbox:
             "hostname": "pimagic",
             "detach": True,
             "init": True,
-            "user": f"{s.uid}:{s.gid}",
+            # The main process is the idle supervisor as uid 0 without capabilities: the agent's
+            # uid cannot signal or trace it. Every exec names the agent's uid (see exec_socket).
+            "user": "0:0",
+            "command": ["python3", "-I", "-S", IDLE_SUPERVISOR, "--idle-timeout", f"{s.idle_timeout:g}"],
             "working_dir": CONTAINER_WORKSPACE,
             "environment": env,
             "labels": {LABEL_MANAGED: "1", LABEL_WORKSPACE: str(s.workspace_path)},
@@ -256,7 +263,7 @@ class Sandbox:
             "memswap_limit": memory,
             "nano_cpus": int(s.cpus * 1e9),
             "pids_limit": s.pids_limit,
-            "ulimits": _ulimits(),
+            "ulimits": _ulimits(s.write_limit_bytes),
             "log_config": {"type": "json-file", "config": {"max-size": "10m", "max-file": "3"}},
             "extra_hosts": {HOST_GATEWAY_NAME: "host-gateway"},
             "network_mode": "bridge",
@@ -289,17 +296,18 @@ class Sandbox:
         self.preflight_warnings = []
         for _ in range(4):
             container = self.find()
-            if container is not None:
-                state = self._settle(container)
-                if state == "running":
-                    if container.labels.get(LABEL_RUN_CONFIG) == self._wanted_run_config():
-                        return container
-                    # Started with other settings (limits, mounts, a new secret file to mask):
-                    # replace it; pi's sessions live on the host, so conversations resume.
-                    self.notes.append("the sandbox's settings changed: replaced its container")
-                if state is not None:
-                    with contextlib.suppress(docker.errors.NotFound):
-                        container.remove(force=True)
+            state = self._settle(container) if container is not None else None
+            if state == "running":
+                if container.labels.get(LABEL_RUN_CONFIG) == self._wanted_run_config():
+                    self._record_running(container)  # joined: the window may predate this kernel
+                    return container
+                # Started with other settings (limits, mounts, a new secret file to mask):
+                # replace it; pi's sessions live on the host, so conversations resume.
+                self.notes.append("the sandbox's settings changed: replaced its container")
+            if state is not None:
+                with contextlib.suppress(docker.errors.NotFound):
+                    container.remove(force=True)
+            self._record_stopped(container if state is not None else None)
             created = self._create(build=build, progress=progress)
             if created is not None:
                 return created
@@ -329,12 +337,19 @@ class Sandbox:
         image = image_mod.ensure_image(self.client, self.settings, build=build, progress=progress)
         self.preflight_warnings = preflight.check(self.client)  # warn, never refuse
         mask = self._prepare_host_dirs()
+        begun = time.time()  # the window opens before the container can run anything
         try:
             container = self.client.containers.run(**self.container_kwargs(image, mask))
         except docker.errors.APIError as e:
             if e.status_code == 409:  # name taken: another kernel won the race
                 return None
             raise SandboxError(f"could not start the sandbox: {e.explanation or e}", container=self.name) from e
+        try:
+            self._record_running(container, started_at=begun)
+        except SandboxError:
+            with contextlib.suppress(docker.errors.NotFound):
+                container.remove(force=True)
+            raise
         try:
             if self._settle(container) != "running":
                 raise SandboxError("the sandbox container exited at once", container=self.name)
@@ -349,6 +364,49 @@ class Sandbox:
                 hint="`pimagic update` rebuilds the image; `pimagic status` shows the engine's view",
             ) from None
         return container
+
+    # --- when the sandbox could write the workspace (a `.env` from then is not loaded) -------
+
+    def _record_running(self, container, started_at: float | None = None) -> None:
+        """Open the container's write window in the host-only trust state (see pimagic.envtrust).
+        Fails the start when it cannot: an unrecorded window would let a planted `.env` load."""
+        if started_at is None:
+            started_at = envtrust.parse_engine_time(container.attrs.get("State", {}).get("StartedAt"))
+        directory = envtrust.state_dir(self.settings)
+        try:
+            envtrust.record_running(directory, container.id, started_at, env_path=self._env_path())
+        except (OSError, PimagicError) as e:
+            raise SandboxError(
+                f"could not record that the sandbox runs in {directory}: {e}", container=self.name,
+                hint=f"make {directory} writable by you (pimagic's own per-folder state)",
+            ) from None
+
+    def _record_stopped(self, container=None) -> None:
+        """Close write windows: at the engine's FinishedAt for an exited container, else now.
+        None: the container is gone (when is unknown, so now)."""
+        finished = None
+        if container is not None and container.status in ("exited", "dead"):
+            finished = envtrust.parse_engine_time(container.attrs.get("State", {}).get("FinishedAt"))
+        with contextlib.suppress(OSError, PimagicError):  # a window left open only makes pimagic stricter
+            envtrust.record_stopped(
+                envtrust.state_dir(self.settings), getattr(container, "id", None), finished, env_path=self._env_path()
+            )
+
+    def _env_path(self) -> Path:
+        return self.settings.workspace_path / ".env"
+
+    def close_stale_windows(self) -> bool:
+        """Close the write window of a container that stopped or vanished while no kernel watched
+        (idle exit, `docker rm`): a `.env` written since then is the user's. True when one closed."""
+        directory = envtrust.state_dir(self.settings)
+        if not envtrust.has_open_window(directory):
+            return False
+        container = self.find()
+        state = self._settle(container) if container is not None else None
+        if state in ("running", "paused", "restarting", "created"):
+            return False
+        self._record_stopped(container if state is not None else None)
+        return not envtrust.has_open_window(directory)
 
     def running(self):
         """The running container, or a SandboxError saying it is gone."""
@@ -369,6 +427,19 @@ class Sandbox:
         if container is None:
             return False
         container.stop(timeout=timeout)
+        self._record_stopped(container)
+        return True
+
+    def kill(self) -> bool:
+        """SIGKILL every process in the sandbox now, with no grace (the write limit's stop:
+        a writer must not get the seconds `stop` gives). False if it was not running."""
+        import docker.errors
+
+        try:
+            self.client.api.kill(self.name)
+        except docker.errors.APIError:  # gone, or not running (409)
+            return False
+        self._record_stopped(self.find())
         return True
 
     def remove(self) -> bool:
@@ -376,6 +447,7 @@ class Sandbox:
         if container is None:
             return False
         container.remove(force=True)
+        self._record_stopped(container)
         return True
 
     def restart(self, *, progress=None) -> Any:
@@ -453,11 +525,14 @@ class Sandbox:
         self, cmd: list[str], *, user: str | None = None, environment: dict | None = None,
         workdir: str | None = None, tty: bool = False,
     ) -> tuple[str, Any]:
-        """Start a command attached to a socket (stdin open): pi's RPC channel or a TTY."""
+        """Start a command attached to a socket (stdin open): pi's RPC channel or a TTY.
+
+        Runs as the agent's uid unless `user` says otherwise: the container's own user is root
+        (the idle supervisor), so an exec that named no user would run as uid 0."""
         container = self.running()
         exec_id = self.client.api.exec_create(
             container.id, cmd, stdin=True, stdout=True, stderr=True, tty=tty,
-            user=user or "", environment=environment, workdir=workdir,
+            user=user or f"{self.settings.uid}:{self.settings.gid}", environment=environment, workdir=workdir,
         )["Id"]
         sock = self.client.api.exec_start(exec_id, socket=True, tty=tty)
         return exec_id, sock
@@ -494,10 +569,15 @@ def _demux(raw: socket.socket) -> Iterator[tuple[int, bytes]]:
             buf = buf[8 + size :]
 
 
-def _ulimits() -> list[Any]:
+def _ulimits(file_size: int = 0) -> list[Any]:
+    """nofile and core, plus fsize = the write limit: the kernel refuses (EFBIG/SIGXFSZ) any
+    file growing past it, however fast it is written; 0 leaves file sizes unbounded."""
     from docker.types import Ulimit
 
-    return [Ulimit(name="nofile", soft=4096, hard=8192), Ulimit(name="core", soft=0, hard=0)]
+    limits = [Ulimit(name="nofile", soft=4096, hard=8192), Ulimit(name="core", soft=0, hard=0)]
+    if file_size > 0:
+        limits.append(Ulimit(name="fsize", soft=file_size, hard=file_size))
+    return limits
 
 
 def _run_config_hash(kwargs: dict[str, Any]) -> str:
@@ -518,6 +598,18 @@ def _safe_logs(container, tail: int = 50) -> str:
         return container.logs(tail=tail).decode(errors="replace")
     except Exception:
         return ""
+
+
+def reload_if_sandbox_gone(settings: PimagicSettings, reload) -> PimagicSettings:
+    """`reload()` the settings when their `.env` was refused and the engine shows that the
+    sandbox it blamed has stopped since (idle exit, `docker rm`); else `settings` as they are."""
+    if not settings.env_notes:
+        return settings
+    try:
+        closed = Sandbox(settings).close_stale_windows()
+    except Exception:  # noqa: BLE001 - no engine, or docker-py failing: keep the refusal (the safe side)
+        return settings
+    return reload() if closed else settings
 
 
 def list_sandboxes(client) -> list[Any]:

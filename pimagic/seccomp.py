@@ -20,6 +20,11 @@ kernel's rarer code paths or other processes' memory:
   ``reboot``, ``swapon``/``swapoff``, clock setting, ``acct``, ``quotactl``,
   ``open_by_handle_at`` (the classic container breakout), ``name_to_handle_at``;
 - ``personality`` with anything but the default persona (query allowed);
+- ``socket``/``socketpair`` of any family but AF_UNIX, AF_INET, AF_INET6 and AF_NETLINK (what
+  node, git, gh, python3 and pip use): AF_VSOCK reaches the VM host of a cloud or desktop Docker
+  engine, AF_ALG, AF_PACKET, ... are rare kernel code;
+- ``ioctl`` TIOCSTI (type into a terminal) and TIOCLINUX: a left-behind agent process must not
+  type into the user's ``pimagic run``/``shell`` terminal;
 - 32-bit entry points: only the native architecture is listed, so a syscall made
   through the compat ABI (``int 0x80`` on x86_64) does not match and is refused.
 
@@ -47,7 +52,7 @@ ALLOWED: tuple[str, ...] = tuple(
     geteuid getgid getgroups getitimer getpeername getpgid getpgrp getpid getppid getpriority getrandom
     getresgid getresuid getrlimit getrusage getsid getsockname getsockopt gettid gettimeofday getuid
     getxattr inotify_add_watch inotify_init inotify_init1 inotify_rm_watch io_cancel io_destroy
-    io_getevents io_pgetevents io_setup io_submit ioctl ioprio_get ioprio_set kill landlock_add_rule
+    io_getevents io_pgetevents io_setup io_submit ioprio_get ioprio_set kill landlock_add_rule
     landlock_create_ruleset landlock_restrict_self lchown lgetxattr link linkat listen listxattr
     llistxattr lremovexattr lseek lsetxattr lstat madvise map_shadow_stack membarrier memfd_create
     memfd_secret mincore mkdir mkdirat mknod mknodat mlock mlock2 mlockall mmap mprotect mq_getsetattr
@@ -63,7 +68,7 @@ ALLOWED: tuple[str, ...] = tuple(
     semctl semget semop semtimedop sendfile sendmmsg sendmsg sendto set_robust_list set_thread_area
     set_tid_address setfsgid setfsuid setgid setgroups setitimer setpgid setpriority setregid
     setresgid setresuid setreuid setrlimit setsid setsockopt setuid setxattr shmat shmctl shmdt shmget
-    shutdown sigaltstack signalfd signalfd4 socket socketpair splice stat statfs statx symlink
+    shutdown sigaltstack signalfd signalfd4 splice stat statfs statx symlink
     symlinkat sync sync_file_range syncfs sysinfo tee tgkill time timer_create timer_delete
     timer_getoverrun timer_gettime timer_settime timerfd_create timerfd_gettime timerfd_settime times
     tkill truncate umask uname unlink unlinkat utime utimensat utimes vfork vmsplice wait4 waitid
@@ -96,6 +101,10 @@ CLONE_NAMESPACE_FLAGS = (
     | 0x00000080  # CLONE_NEWTIME
 )
 PERSONALITY_ALLOWED = (0x0, 0xFFFFFFFF)  # PER_LINUX, and "query the current persona"
+AF_UNIX, AF_INET, AF_INET6, AF_NETLINK = 1, 2, 10, 16
+SOCKET_FAMILIES = (AF_UNIX, AF_INET, AF_INET6, AF_NETLINK)
+TIOCSTI, TIOCLINUX = 0x5412, 0x541C
+IOCTL_DENIED = (TIOCSTI, TIOCLINUX)
 ERRNO_EPERM = 1
 ERRNO_ENOSYS = 38
 
@@ -132,12 +141,51 @@ def profile(machine: str | None = None) -> dict[str, Any]:
                 "args": [{"index": 0, "value": persona, "valueTwo": 0, "op": "SCMP_CMP_EQ"}],
             }
         )
+    # A family with stray high bits matches no rule: refused (fail closed).
+    for family in SOCKET_FAMILIES:
+        rules.append(
+            {
+                "names": ["socket", "socketpair"],
+                "action": "SCMP_ACT_ALLOW",
+                "args": [{"index": 0, "value": family, "valueTwo": 0, "op": "SCMP_CMP_EQ"}],
+            }
+        )
+    for mask, value in _complement(IOCTL_DENIED, 32):
+        rules.append(
+            {
+                "names": ["ioctl"],
+                "action": "SCMP_ACT_ALLOW",
+                "args": [{"index": 1, "value": mask, "valueTwo": value, "op": "SCMP_CMP_MASKED_EQ"}],
+            }
+        )
     return {
         "defaultAction": "SCMP_ACT_ERRNO",
         "defaultErrnoRet": ERRNO_EPERM,
         "architectures": arches,
         "syscalls": rules,
     }
+
+
+def _complement(excluded: tuple[int, ...], bits: int) -> list[tuple[int, int]]:
+    """(mask, value) pairs whose masked matches cover every ``bits``-bit number but ``excluded``.
+
+    Why not "allow ioctl, deny TIOCSTI": runc lets an unconditional allow win over a conditional
+    deny of the same syscall. Why masks over the low 32 bits: the kernel truncates ioctl's request
+    to an unsigned int, so 0x1_00005412 is TIOCSTI too; a 64-bit compare would let it through.
+    """
+    out: list[tuple[int, int]] = []
+
+    def walk(prefix: int, depth: int) -> None:
+        shift = bits - depth
+        inside = [v for v in excluded if v >> shift == prefix]
+        if not inside:
+            out.append((((1 << depth) - 1) << shift, prefix << shift))
+        elif depth < bits:
+            walk(prefix << 1, depth + 1)
+            walk(prefix << 1 | 1, depth + 1)
+
+    walk(0, 0)
+    return out
 
 
 def profile_json(machine: str | None = None) -> str:

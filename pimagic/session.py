@@ -9,18 +9,20 @@ different pi processes and sessions, so their events never interleave.
 
 from __future__ import annotations
 
-import json
+import contextlib
 import re
 import uuid
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from . import piconfig
 from .config import PimagicSettings
-from .errors import PimagicError, RpcError, SandboxError
+from .diskwatch import DiskWatch
+from .errors import DiskLimitError, PimagicError, RpcError, SandboxError
 from .rpc import RpcClient, SocketTransport
-from .sandbox import Sandbox
+from .sandbox import IDLE_EXIT_CODE, Sandbox
 
 Progress = Callable[[str], None]
 READY_TIMEOUT = 90.0
@@ -29,6 +31,18 @@ READY_TIMEOUT = 90.0
 def _slug(text: str) -> str:
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-._")
     return slug[:48] or "default"
+
+
+def _weak_call(method: Callable[[int], None]) -> Callable[[int], None]:
+    """`method` without keeping its object alive (the watcher's thread would, for ever)."""
+    ref = weakref.WeakMethod(method)
+
+    def call(value: int) -> None:
+        target = ref()
+        if target is not None:
+            target(value)
+
+    return call
 
 
 class PiSession:
@@ -42,22 +56,24 @@ class PiSession:
         self._container_id: str | None = None
         self.notes: list[str] = []  # what happened to the sandbox since the last turn
         self._masked: set[Path] = set()  # secret files hidden when the container started
+        self._diskwatch: DiskWatch | None = None  # the workspace's growth while this session uses a sandbox
+        self._disk_reported = True  # the last trip of the write limit has been shown to the user
 
     # --- persisted conversation identity -----------------------------------
 
     @property
     def _state_path(self) -> Path:
-        return self.settings.pi_data_path.parent / "conversations" / f"{self.key}.json"
+        return piconfig.state_dir(self.settings) / "conversations" / f"{self.key}.json"
 
     def _load_session_id(self) -> str | None:
         try:
-            return json.loads(self._state_path.read_text()).get("session_id")
-        except (OSError, ValueError):
+            sid = piconfig.read_json(self._state_path).get("session_id")
+        except (OSError, PimagicError):
             return None
+        return sid if isinstance(sid, str) else None
 
     def _save_session_id(self, session_id: str) -> None:
-        self._state_path.parent.mkdir(parents=True, exist_ok=True)
-        self._state_path.write_text(json.dumps({"session_id": session_id}) + "\n")
+        piconfig.write_json(self._state_path, {"session_id": session_id})
 
     @property
     def session_id(self) -> str:
@@ -82,7 +98,10 @@ class PiSession:
             self._note_loss()
             self.rpc.close(timeout=1)
             self.rpc = None
+        else:
+            self._note_idle_stop()
         container = self.sandbox.start(progress=progress)
+        self._watch_disk()
         self.notes.extend(f"Docker host check: {w}" for w in self.sandbox.preflight_warnings)
         self.notes.extend(self.sandbox.notes)
         self.sandbox.notes.clear()
@@ -126,20 +145,92 @@ class PiSession:
 
     def _note_loss(self) -> None:
         container = self.sandbox.find()
-        if container is None:
+        if self._diskwatch is not None and self._diskwatch.exceeded_by is not None:
+            self._disk_reported = True
+            what = self._disk_message()
+        elif container is None:
             what = "the sandbox container was removed"
         else:
             container.reload()
             code = container.attrs.get("State", {}).get("ExitCode")
-            what = (
-                f"the sandbox container stopped ({container.status}, exit code {code})"
-                if container.status != "running" or container.id != self._container_id
-                else "pi exited inside the sandbox"
-            )
+            if container.status != "running" and code == IDLE_EXIT_CODE:
+                what = self._idle_message()
+            elif container.status != "running" or container.id != self._container_id:
+                what = f"the sandbox container stopped ({container.status}, exit code {code})"
+            else:
+                what = "pi exited inside the sandbox"
         self.notes.append(f"{what}; started a new one and resumed session {self.session_id}")
 
+    def _note_idle_stop(self) -> None:
+        """The sandbox ended itself for lack of an attached session: say so in the next cell."""
+        container = self.sandbox.find()
+        state = container.attrs.get("State", {}) if container is not None else {}
+        if state.get("Status") == "exited" and state.get("ExitCode") == IDLE_EXIT_CODE:
+            self.notes.append(f"{self._idle_message()}; started a new one and resumed session {self.session_id}")
+
+    def _idle_message(self) -> str:
+        return (
+            f"the sandbox stopped itself, with every process in it, after {self.settings.idle_timeout:g}s "
+            "with no notebook or shell attached (idle_timeout, PIMAGIC_IDLE_TIMEOUT)"
+        )
+
+    # --- workspace write limit ------------------------------------------------------
+
+    def _watch_disk(self) -> None:
+        """Keep the workspace's growth watch running while this session uses a sandbox."""
+        limit = self.settings.write_limit_bytes
+        if limit <= 0:  # no bound: no watch
+            if self._diskwatch is not None:
+                self._diskwatch.stop()
+                self._diskwatch = None
+            return
+        if self._diskwatch is None:
+            self._diskwatch = DiskWatch(self.settings.workspace_path, limit, _weak_call(self._on_disk_limit))
+            weakref.finalize(self, self._diskwatch.stop)  # a dropped session frees its inotify instance
+        elif self._diskwatch.exceeded_by is not None:  # the user was told (or is, now): a new baseline
+            if self._disk_unreported():
+                self._disk_reported = True
+                self.notes.append(self._disk_message())
+            self._diskwatch.reset()
+        self._diskwatch.set_limit(limit)
+        self._diskwatch.start()
+
+    def _on_disk_limit(self, growth: int) -> None:
+        """Over the limit (on the watcher's thread): kill the sandbox, so every writer dies now."""
+        self._disk_reported = False
+        with contextlib.suppress(Exception):
+            self.sandbox.kill()
+
+    def _disk_unreported(self) -> bool:
+        return self._diskwatch is not None and self._diskwatch.exceeded_by is not None and not self._disk_reported
+
+    def _disk_message(self) -> str:
+        watch = self._diskwatch
+        growth = max(watch.exceeded_by or 0, watch.growth) if watch else 0  # what landed, overshoot included
+        return (
+            f"the workspace grew by {growth / 2**20:.0f} MiB while the sandbox ran, more than "
+            f"workspace_write_limit={self.settings.workspace_write_limit}: stopped the sandbox and every "
+            "process in it (the files are kept)"
+        )
+
+    def _bounded(self, events: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        """A turn's events; a trip of the write limit during the turn ends it with DiskLimitError."""
+        try:
+            yield from events
+        except PimagicError:
+            if not self._disk_unreported():
+                raise
+        if self._disk_unreported():
+            self._disk_reported = True
+            raise DiskLimitError(
+                self._disk_message(),
+                hint="delete what you do not need, or raise the limit (PIMAGIC_WRITE_LIMIT, or "
+                "%config PimagicSettings.workspace_write_limit = '8g'); the next cell starts a new sandbox",
+            )
+
     def configure_pi(self) -> None:
-        """Write pimagic's defaults into pi's settings.json (merged, never clobbered)."""
+        """Write pimagic's defaults into the host-owned settings.json (merged, never clobbered)
+        and refresh the sandbox's read-only view of it."""
         s = self.settings
         values: dict[str, Any] = {}
         if s.model:
@@ -148,7 +239,8 @@ class PiSession:
         if s.thinking:
             values["defaultThinkingLevel"] = s.thinking
         if values:
-            piconfig.merge_settings(s.pi_data_path, values, uid=s.uid, gid=s.gid)
+            piconfig.merge_settings(piconfig.config_dir(s), values)
+        piconfig.refresh_view(s)
 
     def _relay_local_providers(self) -> None:
         """Relay providers whose baseUrl is on the host's loopback (see pimagic.relay)."""
@@ -176,9 +268,11 @@ class PiSession:
     def prompt(self, message: str, *, timeout: float | None = None, progress: Progress | None = None,
                tick: float | None = None) -> Iterator[dict[str, Any]]:
         rpc = self.ensure(progress=progress)
+        if self._diskwatch is not None and self.settings.write_limit_bytes > 0:
+            self._diskwatch.set_limit(self.settings.write_limit_bytes)  # %config between cells
         # No idle limit: a quiet tool (a long `sleep`, a model load) is legitimate; the turn's
         # overall timeout bounds it, and a dead pi or container ends the stream at once.
-        return rpc.prompt(message, timeout=timeout, tick=tick, event_timeout=None)
+        return self._bounded(rpc.prompt(message, timeout=timeout, tick=tick, event_timeout=None))
 
     def new_session(self) -> str:
         rpc = self.ensure()
@@ -203,7 +297,10 @@ class PiSession:
         return self.rpc.abort() if self.rpc is not None and not self.rpc.closed else False
 
     def close(self) -> None:
-        """End this conversation's pi process; the container keeps running for others."""
+        """End this conversation's pi process; the container keeps running for others.
+        The growth watch stops too; the next ensure() walks the folder again, same baseline."""
+        if self._diskwatch is not None:
+            self._diskwatch.stop()
         if self.rpc is not None:
             self.rpc.close(timeout=5)
             self.rpc = None

@@ -39,9 +39,9 @@ def model_choices(models: Iterable[dict[str, Any]]) -> list[str]:
 
 
 def configured_models(settings: PimagicSettings) -> list[str]:
-    """``provider/id`` of the models listed in the workspace's models.json (no pi needed)."""
+    """``provider/id`` of the models in the folder's host-owned models.json (no pi needed)."""
     out: list[str] = []
-    for name, provider in piconfig.configured_providers(settings.pi_data_path).items():
+    for name, provider in piconfig.configured_providers(piconfig.config_dir(settings)).items():
         for model in (provider or {}).get("models") or []:
             if isinstance(model, dict) and model.get("id"):
                 out.append(f"{name}/{model['id']}")

@@ -122,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     from pimagic.sandbox import docker_client
 
     tmp = Path(tempfile.mkdtemp(prefix="pimagic-shot-"))
+    os.environ["PIMAGIC_DATA_ROOT"] = str(tmp)  # pi data dirs must lie under pimagic's data root
     ws = tmp / "ws"
     ws.mkdir()
     _owned(ws)

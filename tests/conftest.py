@@ -24,6 +24,20 @@ def _skip_or_fail(reason: str) -> None:
     pytest.skip(reason)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def pimagic_data_root(tmp_path_factory) -> Iterator[Path]:
+    """pimagic only creates/mounts pi data dirs under its data root: make the run's temp dir the
+    root, so fixtures may use `pi_data_dir=tmp_path/...` (subprocesses inherit it)."""
+    root = tmp_path_factory.getbasetemp()
+    old = os.environ.get("PIMAGIC_DATA_ROOT")
+    os.environ["PIMAGIC_DATA_ROOT"] = str(root)
+    yield root
+    if old is None:
+        os.environ.pop("PIMAGIC_DATA_ROOT", None)
+    else:
+        os.environ["PIMAGIC_DATA_ROOT"] = old
+
+
 @pytest.fixture(scope="session")
 def docker_client():
     from pimagic.sandbox import docker_client as make_client

@@ -16,43 +16,49 @@
  *      means paranoid=1) -- never the caller's environment;
  *   3. build a fresh environment: only TERM, LANG, LC_ALL, LC_CTYPE, NO_COLOR,
  *      COLUMNS, TZ survive from the caller, plus fixed values (PATH, HOME,
- *      GH_CONFIG_DIR, XDG_DATA_HOME, GH_* switches, PIMAGIC_PARANOID, git
- *      overrides that stop repo config from running programs);
- *   4. run `gh-guard.sh --check ARGS...` in a child that has dropped all privileges
- *      and has no token anywhere in memory; a non-zero exit ends here with the
- *      guard's status;
+ *      GH_CONFIG_DIR, XDG_DATA_HOME, GH_* switches, no global git config, and
+ *      pager/browser/editor/ssh/askpass pointing at gh-no-spawn, which is execute-only
+ *      like git: every program gh starts with the token is non-dumpable);
+ *   4. decide with gh-policy.c whether this command line may run with the token --
+ *      here, in this setuid (so non-dumpable) process the caller can neither read nor
+ *      change; a refusal prints one "ERROR: gh-guard: ..." line and exits 126;
  *   5. read /run/pimagic/github_token as root (missing: gh runs without a token),
  *      put GH_TOKEN in the environment, wipe the read buffer;
  *   6. drop privileges for good (setresgid/setresuid to the real ids, verified with
- *      getresgid/getresuid) and execve gh-real, which is mode 0711: a process that
+ *      getresgid/getresuid), take /proc away from gh's reads (Landlock: gh must not read
+ *      /proc/self/environ for --body-file and friends) and execve gh-real, which is mode 0711: a process that
  *      exec's a binary it cannot read is non-dumpable, so the caller's uid cannot
  *      read its /proc/<pid>/environ or memory.
  *
  * Built static (no LD_PRELOAD library, no NSS in a setuid process).
- * Exit status: gh's, the guard's (126 when blocked), or 126 on vault errors.
+ * Exit status: gh's, or 126 when refused or on vault errors.
  */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/landlock.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "gh-policy.h"
+
 #define SECRET_DIR "/run/pimagic"
 #define POLICY_FILE SECRET_DIR "/policy"
 #define TOKEN_FILE SECRET_DIR "/github_token"
-#define GUARD "/usr/local/lib/pimagic/gh-guard.sh"
 #define GH_REAL "/usr/local/lib/pimagic/gh-real"
 #define AGENT_HOME "/home/pi"
 
 #define MAX_SECRET 4096
-#define MAX_ENV 64
+#define MAX_ENV 96
 #define EXIT_VAULT 126
 
 extern char **environ;
@@ -61,6 +67,9 @@ static const char *const passthrough[] = {
     "TERM", "LANG", "LC_ALL", "LC_CTYPE", "NO_COLOR", "COLUMNS", "TZ", NULL,
 };
 
+/* Programs gh or git could start get gh-no-spawn: a stub that is execute-only (so the
+ * process holding the token stays non-dumpable) and fails. GH_PAGER/GIT_PAGER=cat are
+ * skipped by gh and git rather than run. Entries are literal strings: a test parses them. */
 static const char *const fixed_env[] = {
     "PATH=/usr/local/bin:/usr/bin:/bin",
     "GH_CONFIG_DIR=/etc/pimagic/gh",
@@ -69,18 +78,42 @@ static const char *const fixed_env[] = {
     "GH_PROMPT_DISABLED=1",
     "GH_SPINNER_DISABLED=1",
     "GH_PAGER=cat",
+    "PAGER=cat",
+    "GIT_PAGER=cat",
+    "GH_BROWSER=/usr/local/lib/pimagic/gh-no-spawn",
+    "BROWSER=/usr/local/lib/pimagic/gh-no-spawn",
+    "GH_EDITOR=/usr/local/lib/pimagic/gh-no-spawn",
+    "GIT_EDITOR=/usr/local/lib/pimagic/gh-no-spawn",
+    "GIT_SEQUENCE_EDITOR=/usr/local/lib/pimagic/gh-no-spawn",
+    "VISUAL=/usr/local/lib/pimagic/gh-no-spawn",
+    "EDITOR=/usr/local/lib/pimagic/gh-no-spawn",
+    "GIT_SSH_COMMAND=/usr/local/lib/pimagic/gh-no-spawn",
+    "GIT_ASKPASS=/usr/local/lib/pimagic/gh-no-spawn",
+    "SSH_ASKPASS=/usr/local/lib/pimagic/gh-no-spawn",
     "GIT_TERMINAL_PROMPT=0",
-    "GIT_ASKPASS=/bin/false",
     "GIT_CONFIG_NOSYSTEM=1",
-    /* gh runs git with GH_TOKEN in its environment; keep repo config (agent-
-     * writable) from starting programs through the usual keys. Command-line
-     * config outranks .git/config. Filter drivers are NOT covered. */
-    "GIT_CONFIG_COUNT=5",
+    /* the agent's ~/.gitconfig could include a FIFO (parking git) or name programs */
+    "GIT_CONFIG_GLOBAL=/dev/null",
+    /* gh runs git with GH_TOKEN in its environment; keep repo config (agent-writable
+     * outside /workspace) from starting programs through single-valued keys, which
+     * command-line config overrides. Filter and merge drivers and URL-scoped http.*
+     * keys cannot be overridden this way (SECURITY.md, limits). */
+    "GIT_CONFIG_COUNT=15",
     "GIT_CONFIG_KEY_0=core.fsmonitor", "GIT_CONFIG_VALUE_0=false",
     "GIT_CONFIG_KEY_1=core.hooksPath", "GIT_CONFIG_VALUE_1=/dev/null",
-    "GIT_CONFIG_KEY_2=core.sshCommand", "GIT_CONFIG_VALUE_2=/bin/false",
+    "GIT_CONFIG_KEY_2=core.sshCommand", "GIT_CONFIG_VALUE_2=/usr/local/lib/pimagic/gh-no-spawn",
     "GIT_CONFIG_KEY_3=core.pager", "GIT_CONFIG_VALUE_3=cat",
-    "GIT_CONFIG_KEY_4=core.editor", "GIT_CONFIG_VALUE_4=/bin/false",
+    "GIT_CONFIG_KEY_4=core.editor", "GIT_CONFIG_VALUE_4=/usr/local/lib/pimagic/gh-no-spawn",
+    "GIT_CONFIG_KEY_5=core.askPass", "GIT_CONFIG_VALUE_5=/usr/local/lib/pimagic/gh-no-spawn",
+    "GIT_CONFIG_KEY_6=protocol.allow", "GIT_CONFIG_VALUE_6=never",
+    "GIT_CONFIG_KEY_7=protocol.https.allow", "GIT_CONFIG_VALUE_7=always",
+    "GIT_CONFIG_KEY_8=protocol.ext.allow", "GIT_CONFIG_VALUE_8=never",
+    "GIT_CONFIG_KEY_9=protocol.file.allow", "GIT_CONFIG_VALUE_9=never",
+    "GIT_CONFIG_KEY_10=protocol.http.allow", "GIT_CONFIG_VALUE_10=never",
+    "GIT_CONFIG_KEY_11=gpg.program", "GIT_CONFIG_VALUE_11=/usr/local/lib/pimagic/gh-no-spawn",
+    "GIT_CONFIG_KEY_12=log.showSignature", "GIT_CONFIG_VALUE_12=false",
+    "GIT_CONFIG_KEY_13=http.sslVerify", "GIT_CONFIG_VALUE_13=true",
+    "GIT_CONFIG_KEY_14=http.proxy", "GIT_CONFIG_VALUE_14=",
     NULL,
 };
 
@@ -186,7 +219,7 @@ static void env_add(char **env, size_t *n, const char *entry)
     env[*n] = NULL;
 }
 
-static size_t build_env(char **env, int paranoid)
+static size_t build_env(char **env)
 {
     size_t n = 0;
     env[0] = NULL;
@@ -194,7 +227,6 @@ static size_t build_env(char **env, int paranoid)
         env_add(env, &n, *f);
     /* HOME comes from our context, not the caller's: the only home is /home/pi. */
     env_add(env, &n, "HOME=" AGENT_HOME);
-    env_add(env, &n, paranoid ? "PIMAGIC_PARANOID=1" : "PIMAGIC_PARANOID=0");
     for (const char *const *name = passthrough; *name; name++) {
         const char *value = getenv(*name);
         if (!value || strlen(value) > 256)
@@ -227,39 +259,62 @@ static void drop_privileges(uid_t ruid, gid_t rgid)
         abort();
 }
 
-/* Runs the guard unprivileged; returns only when it allows the call. */
-static void run_guard(int argc, char **argv, char **env, uid_t ruid, gid_t rgid)
+/* Returns only when the policy allows `gh argv...`; argv is the caller's, so nothing of it
+ * is printed raw (gh_verdict.what is sanitised). */
+static void check_policy(int argc, char **argv, int paranoid)
 {
-    char **gargv = calloc((size_t)argc + 2, sizeof *gargv);
-    if (!gargv)
-        die_errno("calloc");
-    gargv[0] = "gh-guard.sh";
-    gargv[1] = "--check";
-    for (int i = 1; i < argc; i++)
-        gargv[i + 1] = argv[i];
-    gargv[argc + 1] = NULL;
-
-    pid_t pid = fork();
-    if (pid == -1)
-        die_errno("fork");
-    if (pid == 0) {
-        drop_privileges(ruid, rgid);
-        execve(GUARD, gargv, env);
-        perror("gh-vault: ERROR: execve " GUARD);
-        _exit(EXIT_VAULT);
-    }
-    free(gargv);
-    int status;
-    while (waitpid(pid, &status, 0) == -1) {
-        if (errno != EINTR)
-            die_errno("waitpid");
-    }
-    if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
+    struct gh_verdict v;
+    gh_policy_check(argc, argv, paranoid, &v);
+    if (v.allowed)
         return;
-    if (WIFEXITED(status))
-        exit(WEXITSTATUS(status) ? WEXITSTATUS(status) : EXIT_VAULT);
-    fprintf(stderr, "gh-vault: ERROR: guard killed by signal %d\n", WIFSIGNALED(status) ? WTERMSIG(status) : 0);
+    fprintf(stderr, "ERROR: gh-guard: '%s' is blocked in this sandbox: %s\n", v.what, v.why);
     exit(EXIT_VAULT);
+}
+
+/*
+ * gh reads files the caller names (--body-file, -F x=@FILE, --input, gist create FILE...):
+ * /proc/self/environ, by any path, symlink or working directory, would be gh's own
+ * environment with the token. Landlock takes reading anything under /proc away from gh and
+ * every program it starts (read rights are granted beneath every other top-level entry).
+ * Without Landlock the vault refuses to run: it cannot keep the token from gh's file reads.
+ */
+static void confine_reads(void)
+{
+    const __u64 dir_rights = LANDLOCK_ACCESS_FS_READ_FILE | LANDLOCK_ACCESS_FS_READ_DIR;
+    struct landlock_ruleset_attr attr = {.handled_access_fs = dir_rights};
+    int ruleset = (int)syscall(SYS_landlock_create_ruleset, &attr, sizeof attr, 0U);
+    if (ruleset == -1) {
+        fprintf(stderr, "gh-vault: ERROR: this kernel offers no Landlock (Linux 5.13+ with landlock in the "
+                        "lsm= list), which keeps gh from reading its own environment; use gh on the host\n");
+        exit(EXIT_VAULT);
+    }
+    DIR *root = opendir("/");
+    if (!root)
+        die_errno("opendir /");
+    for (struct dirent *e; (e = readdir(root));) {
+        if (e->d_name[0] == '.' || strcmp(e->d_name, "proc") == 0)
+            continue;
+        int fd = openat(dirfd(root), e->d_name, O_PATH | O_CLOEXEC);
+        struct stat st;
+        if (fd == -1 || fstat(fd, &st) == -1) {
+            if (fd != -1)
+                close(fd);
+            continue; /* a dangling entry: nothing to grant */
+        }
+        struct landlock_path_beneath_attr beneath = {
+            .allowed_access = S_ISDIR(st.st_mode) ? dir_rights : LANDLOCK_ACCESS_FS_READ_FILE,
+            .parent_fd = fd,
+        };
+        if (syscall(SYS_landlock_add_rule, ruleset, LANDLOCK_RULE_PATH_BENEATH, &beneath, 0U) == -1)
+            die_errno("landlock_add_rule");
+        close(fd);
+    }
+    closedir(root);
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == -1)
+        die_errno("prctl(PR_SET_NO_NEW_PRIVS)");
+    if (syscall(SYS_landlock_restrict_self, ruleset, 0U) == -1)
+        die_errno("landlock_restrict_self");
+    close(ruleset);
 }
 
 static int token_char_ok(char c)
@@ -283,10 +338,10 @@ int main(int argc, char **argv)
 
     int paranoid = read_paranoid();
 
-    char *env[MAX_ENV];
-    size_t n = build_env(env, paranoid);
+    check_policy(argc, argv, paranoid);
 
-    run_guard(argc, argv, env, ruid, rgid);
+    char *env[MAX_ENV];
+    size_t n = build_env(env);
 
     static char token[MAX_SECRET];
     char *token_entry = NULL;
@@ -315,6 +370,7 @@ int main(int argc, char **argv)
     explicit_bzero(token, sizeof token);
 
     drop_privileges(ruid, rgid);
+    confine_reads();
 
     argv[0] = "gh";
     execve(GH_REAL, argv, env);

@@ -172,4 +172,7 @@ def test_settings_panel_in_jupyterlab(lab, docker_client):
     assert code == 126 and b"blocked" in out, out
     requests = lab["server"].chat_requests
     assert requests and requests[-1].body["model"] == "scripted-b"
-    assert json.loads((settings.pi_data_path / "settings.json").read_text())["defaultModel"] == "scripted-b"
+    from pimagic import piconfig
+
+    cfg = piconfig.config_dir(settings)  # host-owned; the sandbox reads a read-only copy
+    assert json.loads((cfg / "settings.json").read_text())["defaultModel"] == "scripted-b"

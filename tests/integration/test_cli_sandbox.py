@@ -13,6 +13,7 @@ import pytest
 from _support import AGENT_GID, AGENT_UID
 
 from pimagic import image as image_mod
+from pimagic import piconfig
 from pimagic.sandbox import Sandbox
 
 
@@ -113,7 +114,10 @@ def test_run_options_carry_the_hardening(settings, docker_client):
         assert {"noexec", "nosuid", "nodev"} <= set(host["Tmpfs"][path].split(","))
     assert {u["Name"]: u["Hard"] for u in host["Ulimits"]}["core"] == 0
     assert host["LogConfig"]["Config"]["max-size"]
-    assert container.attrs["Config"]["User"] == f"{AGENT_UID}:{AGENT_GID}"
+    # The main process is the idle supervisor (uid 0, no capabilities); every exec is the agent's.
+    assert container.attrs["Config"]["User"] == "0:0"
+    assert "idle-supervisor" in " ".join(container.attrs["Config"]["Cmd"])
+    assert sandbox.exec(["id", "-u"])[1].decode().strip() == str(AGENT_UID)
     sources = [m["Source"] for m in container.attrs["Mounts"]]
     assert "/var/run/docker.sock" not in sources and "/run/docker.sock" not in sources
 
@@ -204,15 +208,12 @@ def test_run_reaches_a_model_server_on_the_hosts_loopback(settings):
     from pimagic.scripted_model import ScriptedModelServer, pi_provider_config, say
 
     with ScriptedModelServer(script=[say("hello from the loopback model")], model_id="gemma-local") as llama:
-        agent_dir = settings.pi_data_path
-        agent_dir.mkdir(parents=True, exist_ok=True)
-        (agent_dir / "models.json").write_text(json.dumps(
+        cfg = piconfig.config_dir(settings)  # host-owned: the sandbox reads a read-only copy
+        cfg.mkdir(parents=True, exist_ok=True)
+        (cfg / "models.json").write_text(json.dumps(
             {"providers": {"llama-cpp": pi_provider_config(llama.url, "gemma-local")}}))
-        (agent_dir / "settings.json").write_text(json.dumps(
+        (cfg / "settings.json").write_text(json.dumps(
             {"defaultProvider": "llama-cpp", "defaultModel": "gemma-local", "retry": {"enabled": False}}))
-        if os.getuid() == 0:
-            for path in (agent_dir, *agent_dir.iterdir()):
-                os.chown(path, AGENT_UID, AGENT_GID)
         assert llama.host == "127.0.0.1"
         result = cli(settings, "run", "--", "-p", "say hello")
     assert result.returncode == 0, result.stderr

@@ -57,7 +57,8 @@ def test_model_switch_from_the_panel_reaches_pi_and_keeps_the_conversation(magic
     assert state["model"]["id"] == "scripted-b", panel.messages
     assert state["sessionId"] == before["sessionId"] and state["messageCount"] == before["messageCount"]
     assert magics.settings.model == "pimagic-scripted/scripted-b"
-    assert json.loads((magics.settings.pi_data_path / "settings.json").read_text())["defaultModel"] == "scripted-b"
+    cfg = piconfig.config_dir(magics.settings)
+    assert piconfig.read_json(cfg / "settings.json")["defaultModel"] == "scripted-b"
     assert "scripted-b" in panel.status_html.value
 
     messages_shown = re.search(r"(\d+) messages", panel.status_html.value).group(1)
@@ -137,8 +138,8 @@ def test_loopback_model_server_through_the_panel_and_the_relay(magics, scripted,
         provider = f"local-{local.port}"
         assert settings.model == f"{provider}/local-model", panel.messages
         assert "relayed" in panel.messages[-1]
-        base = piconfig.configured_providers(settings.pi_data_path)[provider]["baseUrl"]
-        assert base.startswith("http://host.docker.internal:")
+        base = piconfig.configured_providers(piconfig.view_dir(settings))[provider]["baseUrl"]
+        assert base.startswith("http://host.docker.internal:")  # what the sandbox reads
         (r,) = relay.relays()
         assert r.address[0] == bridge_gateway(docker_client)  # the gateway, not 0.0.0.0
 
@@ -152,13 +153,13 @@ def test_hand_written_loopback_models_json_is_relayed_on_start(magics, settings)
     with ScriptedModelServer(host="127.0.0.1", model_id="qwen") as local:
         local.push(say("hello from llama.cpp (scripted)"))
         provider = pi_provider_config(f"http://127.0.0.1:{local.port}/v1", "qwen")
-        agent = settings.pi_data_path
-        agent.mkdir(parents=True, exist_ok=True)
-        (agent / "models.json").write_text(json.dumps({"providers": {"llama-cpp": provider}}))
-        (agent / "settings.json").write_text(json.dumps(
+        cfg = piconfig.config_dir(settings)  # the host-owned config the README tells users to edit
+        cfg.mkdir(parents=True, exist_ok=True)
+        (cfg / "models.json").write_text(json.dumps({"providers": {"llama-cpp": provider}}))
+        (cfg / "settings.json").write_text(json.dumps(
             {"defaultProvider": "llama-cpp", "defaultModel": "qwen", "defaultThinkingLevel": "off", "mine": 1}))
         settings.model = ""
         result = run(magics, "hi")
         assert result.text == "hello from llama.cpp (scripted)", result.error
-        assert piconfig.read_json(agent / "settings.json")["mine"] == 1
-        assert piconfig.configured_providers(agent)["llama-cpp"]["models"][0]["id"] == "qwen"
+        assert piconfig.read_json(cfg / "settings.json")["mine"] == 1
+        assert piconfig.configured_providers(cfg)["llama-cpp"]["models"][0]["id"] == "qwen"

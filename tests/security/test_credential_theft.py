@@ -184,20 +184,41 @@ def _vault_git_env() -> dict[str, str]:
     return dict(s.split("=", 1) for s in re.findall(r'"([A-Z_0-9]+=[^"]*)"', block))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="KNOWN LIMIT: gh runs git (pr checkout, repo clone/sync) with GH_TOKEN in its environment; "
-    "repo config the agent writes (outside the read-only workspace .git/config) can start programs "
-    "(credential helper, ext:: transport, filters) that inherit it. Fix: host-side credential proxy.",
-)
-def test_git_run_by_gh_in_a_hostile_repo_does_not_see_the_token(box):
+def _git_as_gh_runs_it(script: str) -> str:
     env = " ".join(f"{k}='{v}'" for k, v in _vault_git_env().items())
+    return f"env -i {env} HOME=/home/pi GH_TOKEN={CANARY_TOKEN} {script}"
+
+
+def test_git_run_by_gh_in_a_hostile_repo_refuses_ext_transports(box):
+    """An ext:: remote in the agent's repo config would run a command holding the token; the
+    vault's command-line config (protocol.ext.allow=never) outranks the repository's."""
     res = box.sh(
         f"""
         cd /tmp && rm -rf hostile && git init -q hostile && cd hostile
         git config protocol.ext.allow always
         git remote add origin 'ext::sh -c env% 1>&2'
-        env -i {env} HOME=/home/pi GH_TOKEN={CANARY_TOKEN} git fetch origin 2>&1 | grep -o 'GH_TOKEN=ghp_[a-zA-Z0-9]*'
+        {_git_as_gh_runs_it("git fetch origin")} 2>&1 |
+          grep -o "transport 'ext' not allowed\\|GH_TOKEN=ghp_[a-zA-Z0-9]*"
+        """
+    )
+    assert_stopped(res, VAULT, "transport 'ext' not allowed" in res.out)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="KNOWN LIMIT: gh runs git (pr checkout, repo clone/sync) with GH_TOKEN in its environment; a filter "
+    "(or merge) driver in the config of a repository the agent built outside /workspace runs with it. Driver names "
+    "are free-form, so command-line config cannot reset them. Fix: the host-side gateway (no token in the sandbox).",
+)
+def test_git_run_by_gh_in_a_hostile_repo_runs_no_filter_with_the_token(box):
+    res = box.sh(
+        f"""
+        cd /tmp && rm -rf hostile2 && git init -q hostile2 && cd hostile2
+        echo '* filter=x' > .gitattributes && echo data > f && git add .
+        git -c user.name=a -c user.email=a@x commit -qm init
+        git config filter.x.smudge 'sh -c "env >&2; cat"' && rm f
+        {_git_as_gh_runs_it("git checkout -- f")} 2>&1 | grep -o 'GH_TOKEN=ghp_[a-zA-Z0-9]*'
         """
     )
     assert_stopped(res, VAULT, CANARY_TOKEN not in res.out)

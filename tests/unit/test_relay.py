@@ -25,6 +25,7 @@ class EchoServer:
         self.sock.listen(8)
         self.port = self.sock.getsockname()[1]
         self.received = bytearray()
+        self.connections = 0
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
@@ -34,6 +35,7 @@ class EchoServer:
                 conn, _ = self.sock.accept()
             except OSError:
                 return
+            self.connections += 1
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     def _serve(self, conn: socket.socket) -> None:
@@ -221,20 +223,22 @@ SEED_MODELS = {
 
 
 def test_relay_local_providers_rewrites_hand_written_models_json(settings, echo):
-    agent = settings.pi_data_path
-    agent.mkdir(parents=True)
+    """The host-owned models.json keeps the loopback URL; the sandbox's read-only view gets the relay."""
+    cfg = piconfig.config_dir(settings)
+    cfg.mkdir(parents=True)
     text = json.dumps(SEED_MODELS).replace("{port}", str(echo.port))
-    (agent / "models.json").write_text(text)
+    (cfg / "models.json").write_text(text)
     out = relay.relay_local_providers(settings, None, listen_host="127.0.0.1")
     r = relay.relays()[0]
     assert out == {"llama-cpp": f"http://host.docker.internal:{r.port}/v1"}
-    data = piconfig.read_json(agent / "models.json")
+    assert piconfig.read_json(cfg / "models.json") == json.loads(text)  # the user's file is untouched
+    data = piconfig.read_json(piconfig.view_dir(settings) / "models.json")
     assert data["myTopLevelKey"] == [1, 2, 3]
     assert data["providers"]["remote"] == SEED_MODELS["providers"]["remote"]
     llama = data["providers"]["llama-cpp"]
     assert llama["baseUrl"] == out["llama-cpp"]
     assert llama["models"] == [{"id": "qwen", "contextWindow": 4096, "myNote": "hand-written"}]
-    record = json.loads((agent.parent / "relays.json").read_text())
+    record = json.loads((piconfig.state_dir(settings) / "relays.json").read_text())
     assert record["llama-cpp"]["hostUrl"] == f"http://127.0.0.1:{echo.port}/v1"
 
     # Same kernel: the relay is reused, nothing changes.
@@ -248,9 +252,20 @@ def test_relay_local_providers_rewrites_hand_written_models_json(settings, echo)
         assert recv_all(c, 4) == b"PING"
 
 
+def test_provider_written_into_pi_agent_dir_is_not_relayed(settings, echo):
+    """pi's agent dir is the agent's: a loopback provider planted there opens no relay."""
+    agent = settings.pi_data_path
+    agent.mkdir(parents=True)
+    (agent / "models.json").write_text(json.dumps(SEED_MODELS).replace("{port}", str(echo.port)))
+    assert relay.relay_local_providers(settings, None, listen_host="127.0.0.1") == {}
+    assert relay.relays() == []
+    assert echo.connections == 0
+
+
 def test_relay_local_providers_broken_file_is_a_clear_error(settings):
-    settings.pi_data_path.mkdir(parents=True)
-    (settings.pi_data_path / "models.json").write_text("{ not json")
+    cfg = piconfig.config_dir(settings)
+    cfg.mkdir(parents=True)
+    (cfg / "models.json").write_text("{ not json")
     with pytest.raises(ConfigError, match="not valid JSON"):
         relay.relay_local_providers(settings, None, listen_host="127.0.0.1")
 
@@ -261,9 +276,11 @@ def test_list_models_and_add_server_through_a_relay(settings):
         provider, ids, url = relay.add_model_server(settings, None, server.url, listen_host="127.0.0.1")
         assert provider == f"local-{server.port}" and ids == ["qwen", "llama"]
         assert url.startswith("http://host.docker.internal:")
-        entry = piconfig.configured_providers(settings.pi_data_path)[provider]
-        assert entry["baseUrl"] == url and entry["api"] == "openai-completions"
+        entry = piconfig.configured_providers(piconfig.config_dir(settings))[provider]
+        assert entry["baseUrl"] == server.url and entry["api"] == "openai-completions"
         assert [m["id"] for m in entry["models"]] == ["qwen", "llama"]
+        view = piconfig.read_json(piconfig.view_dir(settings) / "models.json")
+        assert view["providers"][provider]["baseUrl"] == url
         # The relay really reaches the server.
         r = relay.relays()[0]
         with socket.create_connection(r.address) as c:

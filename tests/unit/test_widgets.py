@@ -312,7 +312,7 @@ def test_no_docker_is_shown_not_raised(settings):
 
 
 def test_model_list_from_models_json_when_pi_is_not_running(settings):
-    piconfig.merge_provider(settings.pi_data_path, "llama-cpp", {
+    piconfig.merge_provider(piconfig.config_dir(settings), "llama-cpp", {
         "baseUrl": "http://127.0.0.1:1337/v1", "api": "openai-completions", "models": [{"id": "qwen"}]})
     assert configured_models(settings) == ["llama-cpp/qwen"]
     session = FakeSession(settings, running=False)
@@ -327,14 +327,14 @@ SEED_SETTINGS = {"defaultProvider": "llama-cpp", "defaultModel": "qwen", "defaul
 
 
 def test_piconfig_merge_keeps_hand_written_keys(settings):
-    """The seed's offline recipe survives the panel writing pi's files."""
-    agent = settings.pi_data_path
-    agent.mkdir(parents=True)
+    """The seed's offline recipe survives the panel writing pi's files (the host-owned copies)."""
+    cfg = piconfig.config_dir(settings)
+    cfg.mkdir(parents=True)
     models = {"providers": {"llama-cpp": {
         "baseUrl": "http://127.0.0.1:1337/v1", "api": "openai-completions", "apiKey": "none",
         "models": [{"id": "qwen", "contextWindow": 8192, "note": "mine"}]}}, "extra": 1}
-    (agent / "models.json").write_text(json.dumps(models))
-    (agent / "settings.json").write_text(json.dumps(SEED_SETTINGS))
+    (cfg / "models.json").write_text(json.dumps(models))
+    (cfg / "settings.json").write_text(json.dumps(SEED_SETTINGS))
     session = FakeSession(settings, running=False)
     panel = SettingsPanel(settings, session)
     panel.thinking_dropdown.value = "low"
@@ -346,14 +346,16 @@ def test_piconfig_merge_keeps_hand_written_keys(settings):
         assert settings.model == f"{provider}/served", panel.messages
         assert "relayed" in panel.messages[-1]
     relay.stop_all()
-    saved = piconfig.read_json(agent / "settings.json")
+    saved = piconfig.read_json(cfg / "settings.json")
     assert saved["theme"] == "dark" and saved["myKey"] == {"nested": True}
     assert saved["defaultProvider"] == provider and saved["defaultModel"] == "served"
     assert saved["defaultThinkingLevel"] == "low"
-    data = piconfig.read_json(agent / "models.json")
+    data = piconfig.read_json(cfg / "models.json")
     assert data["extra"] == 1
     assert data["providers"]["llama-cpp"]["models"] == [{"id": "qwen", "contextWindow": 8192, "note": "mine"}]
-    assert data["providers"][provider]["baseUrl"].startswith("http://host.docker.internal:")
+    assert data["providers"][provider]["baseUrl"] == server.url  # the host config keeps the user's URL
+    view = piconfig.read_json(piconfig.view_dir(settings) / "models.json")
+    assert view["providers"][provider]["baseUrl"].startswith("http://host.docker.internal:")
 
 
 def test_add_server_restarts_pi_not_the_container_when_running(settings):
