@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import codecs
 import os
 import select
 import shutil
@@ -185,9 +186,15 @@ def _pump_plain(raw) -> None:
         if data:
             raw.sendall(data)
     raw.shutdown(socket_mod.SHUT_WR)
+    # Output piped elsewhere stays byte-exact; on a terminal, escape sequences from the sandbox
+    # (clipboard, title, cursor) are stripped: nothing here is drawing a TUI.
+    decoders = {s: codecs.getincrementaldecoder("utf-8")("replace") for s in (1, 2)}
     for stream, payload in _demux(raw):
-        target = sys.stdout.buffer if stream == 1 else sys.stderr.buffer
-        target.write(payload)
+        target = sys.stdout if stream == 1 else sys.stderr
+        if target.isatty():
+            target.write(clean(decoders[stream].decode(payload), overwrite=True))
+        else:
+            target.buffer.write(payload)
         target.flush()
 
 

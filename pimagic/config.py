@@ -367,11 +367,23 @@ def _env_file_values(
         return read_env_file(path), [], str(path)  # the user's own file on the host: all keys
     verdict = envtrust.check(path, settings)
     if not verdict.trusted:
-        return {}, [envtrust.refusal_note(verdict, _key_names(verdict))], str(path)
+        return _tightening_only(verdict), [envtrust.refusal_note(verdict, _key_names(verdict))], str(path)
     values = parse_env(verdict.env.data, path)  # type: ignore[union-attr]
     host_only = sorted(k for k in values if k in envtrust.HOST_ONLY_KEYS)
     notes = [envtrust.host_only_note(path, host_only)] if host_only else []
     return {k: v for k, v in values.items() if k not in envtrust.HOST_ONLY_KEYS}, notes, str(path)
+
+
+def _tightening_only(verdict) -> dict[str, str]:
+    """From a refused file, only what can make the sandbox stricter: `PARANOID_MODE=true`. The user
+    who edits `.env` while a sandbox runs must not lose paranoid mode because the file is refused."""
+    if verdict.env is None:
+        return {}
+    try:
+        raw = parse_env(verdict.env.data, verdict.path).get("PARANOID_MODE")
+        return {"PARANOID_MODE": "true"} if raw is not None and _parse_bool("PARANOID_MODE", raw) else {}
+    except ConfigError:
+        return {}
 
 
 def _key_names(verdict) -> list[str] | None:

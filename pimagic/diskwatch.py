@@ -5,15 +5,20 @@ at its full speed. The kernel-side bound is the `fsize` ulimit (one file); this 
 the total. It counts allocated blocks (`st_blocks`), so sparse files cost nothing and
 `fallocate` counts in full. One walk at start() records every entry's size; after that only
 the paths that file events name are stat'ed again (plus, every `poll` seconds, the paths that
-changed in the last `hot_seconds`: writes through a shared mmap raise no event). Nothing here
-follows a symlink: every stat is an lstat, and symlinked directories are not walked.
+changed in the last `hot_seconds`: writes through a shared mmap raise no event). When the
+kernel's event queue overflowed (events lost) the folder is walked again; when watching stops
+working (e.g. no inotify watch left for a new directory) the watch fails closed: it reports the
+limit as exceeded, with `failure` saying why. Nothing here follows a symlink: every stat is an
+lstat, and symlinked directories are not walked.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 
@@ -39,6 +44,19 @@ _EVENTS: list[type[FileSystemEvent]] = [
     DirCreatedEvent, DirModifiedEvent, DirDeletedEvent, DirMovedEvent,
 ]
 HOT_LIMIT = 4096  # most recently changed paths re-stat'ed by the poll
+_LIVE: weakref.WeakSet[DiskWatch] = weakref.WeakSet()
+
+
+class _OverflowSignal(logging.Handler):
+    """watchdog reports a kernel queue overflow (events lost) only in its log: walk again then."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "overflow" in record.getMessage().lower():
+            for watch in list(_LIVE):
+                watch.lost.set()
+
+
+logging.getLogger("watchdog.observers").addHandler(_OverflowSignal(logging.WARNING))
 
 
 def allocated(path: str) -> int | None:
@@ -65,6 +83,8 @@ class DiskWatch(FileSystemEventHandler):
         self.poll = poll
         self.hot_seconds = hot_seconds
         self.exceeded_by: int | None = None  # the growth that tripped the limit, once it did
+        self.failure: str | None = None  # why the watch stopped working, if it did (fails closed)
+        self.lost = threading.Event()  # events were lost: walk again
         self._lock = threading.RLock()
         self._sizes: dict[str, int] = {}
         self._hot: dict[str, float] = {}  # path -> when an event last named it
@@ -102,12 +122,14 @@ class DiskWatch(FileSystemEventHandler):
             if self._baseline is None:
                 self._baseline = self._total
         self._stopping.clear()
+        _LIVE.add(self)
         self._poller = threading.Thread(target=self._poll_loop, name="pimagic-diskwatch", daemon=True)
         self._poller.start()
         self._check()
 
     def stop(self) -> None:
         observer, self._observer = self._observer, None
+        _LIVE.discard(self)
         self._stopping.set()
         if observer is not None:
             observer.stop()
@@ -118,9 +140,12 @@ class DiskWatch(FileSystemEventHandler):
 
     def reset(self) -> None:
         """A new baseline (the current size, or the next start()'s walk); the limit may trip again."""
+        if self.failure is not None:  # blind: the next start() watches afresh
+            self.stop()
         with self._lock:
             self._baseline = self._total if self.running else None
             self.exceeded_by = None
+            self.failure = None
 
     def set_limit(self, limit: int) -> None:
         """A changed setting takes effect at once; the baseline stays."""
@@ -159,30 +184,52 @@ class DiskWatch(FileSystemEventHandler):
             if isinstance(event, (DirMovedEvent, DirDeletedEvent)):
                 self._forget_under(src)
             self._set(src, allocated(src))
-            self._hot[src] = time.monotonic()
+            self._touch(src)
             dest = os.fsdecode(event.dest_path) if getattr(event, "dest_path", "") else ""
             if dest:
                 if isinstance(event, DirMovedEvent):
                     self._walk(dest)  # its content arrived without events of its own
                 self._set(dest, allocated(dest))
-                self._hot[dest] = time.monotonic()
+                self._touch(dest)
             elif isinstance(event, DirCreatedEvent):
                 self._walk(src)  # files made before the new directory's watch was added
-            if len(self._hot) > HOT_LIMIT:
-                for path, _ in sorted(self._hot.items(), key=lambda kv: kv[1])[: len(self._hot) - HOT_LIMIT]:
-                    del self._hot[path]
         self._check()
+
+    def _touch(self, path: str) -> None:
+        """Mark `path` recently changed; the dict stays in recency order, so the oldest goes first."""
+        self._hot.pop(path, None)
+        self._hot[path] = time.monotonic()
+        if len(self._hot) > HOT_LIMIT:
+            del self._hot[next(iter(self._hot))]
 
     def _poll_loop(self) -> None:
         while not self._stopping.wait(self.poll):
+            observer = self._observer
+            if observer is not None and not all(e.is_alive() for e in observer.emitters):
+                self._fail("the folder's file events stopped (too many directories for inotify?)")
+                return
             cutoff = time.monotonic() - self.hot_seconds
             with self._lock:
+                if self.lost.is_set():  # the kernel dropped events: recount everything once
+                    self.lost.clear()
+                    self._sizes.clear()
+                    self._total = 0
+                    self._walk(self.root)
                 for path, seen in list(self._hot.items()):
                     if seen < cutoff:
                         del self._hot[path]
                     else:
                         self._set(path, allocated(path))
             self._check()
+
+    def _fail(self, why: str) -> None:
+        """Blind from now on: report the limit as reached rather than let growth go uncounted."""
+        with self._lock:
+            if self.exceeded_by is not None or self._stopping.is_set():  # stop() ends the emitters too
+                return
+            self.failure = why
+            self.exceeded_by = max(self.growth, 0)
+        self.on_exceed(self.exceeded_by)
 
     def _check(self) -> None:
         with self._lock:

@@ -206,6 +206,12 @@ class PiSession:
 
     def _disk_message(self) -> str:
         watch = self._diskwatch
+        if watch is not None and watch.failure:
+            return (
+                f"pimagic could no longer watch the workspace's growth ({watch.failure}), so it enforces "
+                f"workspace_write_limit={self.settings.workspace_write_limit} by stopping the sandbox and every "
+                "process in it (the files are kept)"
+            )
         growth = max(watch.exceeded_by or 0, watch.growth) if watch else 0  # what landed, overshoot included
         return (
             f"the workspace grew by {growth / 2**20:.0f} MiB while the sandbox ran, more than "
@@ -225,7 +231,8 @@ class PiSession:
             raise DiskLimitError(
                 self._disk_message(),
                 hint="delete what you do not need, or raise the limit (PIMAGIC_WRITE_LIMIT, or "
-                "%config PimagicSettings.workspace_write_limit = '8g'); the next cell starts a new sandbox",
+                "%config PimagicSettings.workspace_write_limit = '8g'; 0 keeps only the per-file bound); "
+                "the next cell starts a new sandbox",
             )
 
     def configure_pi(self) -> None:
@@ -270,6 +277,10 @@ class PiSession:
         rpc = self.ensure(progress=progress)
         if self._diskwatch is not None and self.settings.write_limit_bytes > 0:
             self._diskwatch.set_limit(self.settings.write_limit_bytes)  # %config between cells
+            if self._diskwatch.exceeded_by is None:
+                # The bound is per cell: what the user's own code wrote into the folder between
+                # cells (a downloaded data set) must not add up into a kill many cells later.
+                self._diskwatch.reset()
         # No idle limit: a quiet tool (a long `sleep`, a model load) is legitimate; the turn's
         # overall timeout bounds it, and a dead pi or container ends the stream at once.
         return self._bounded(rpc.prompt(message, timeout=timeout, tick=tick, event_timeout=None))

@@ -21,8 +21,8 @@
  *     --hostname github.com only;
  *   - repo clone/fork, gist clone: no git options after "--".
  *
- * What gh reads from files (--body-file /proc/self/environ...) is not decided here: the
- * vault takes /proc away from gh with Landlock (gh-vault.c, confine_reads).
+ * What gh reads from files (--body-file /proc/self/environ...) is not decided here: gh is
+ * not dumpable, so its own /proc files belong to root and it cannot open them.
  */
 #include "gh-policy.h"
 

@@ -25,28 +25,24 @@
  *   5. read /run/pimagic/github_token as root (missing: gh runs without a token),
  *      put GH_TOKEN in the environment, wipe the read buffer;
  *   6. drop privileges for good (setresgid/setresuid to the real ids, verified with
- *      getresgid/getresuid), take /proc away from gh's reads (Landlock: gh must not read
- *      /proc/self/environ for --body-file and friends) and execve gh-real, which is mode 0711: a process that
+ *      getresgid/getresuid) and execve gh-real, which is mode 0711: a process that
  *      exec's a binary it cannot read is non-dumpable, so the caller's uid cannot
- *      read its /proc/<pid>/environ or memory.
+ *      read its /proc/<pid>/environ or memory -- nor can gh itself (its /proc files
+ *      belong to root), so `--body-file /proc/self/environ` and the like fail.
  *
  * Built static (no LD_PRELOAD library, no NSS in a setuid process).
  * Exit status: gh's, or 126 when refused or on vault errors.
  */
 #define _GNU_SOURCE
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <linux/landlock.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include "gh-policy.h"
@@ -271,52 +267,6 @@ static void check_policy(int argc, char **argv, int paranoid)
     exit(EXIT_VAULT);
 }
 
-/*
- * gh reads files the caller names (--body-file, -F x=@FILE, --input, gist create FILE...):
- * /proc/self/environ, by any path, symlink or working directory, would be gh's own
- * environment with the token. Landlock takes reading anything under /proc away from gh and
- * every program it starts (read rights are granted beneath every other top-level entry).
- * Without Landlock the vault refuses to run: it cannot keep the token from gh's file reads.
- */
-static void confine_reads(void)
-{
-    const __u64 dir_rights = LANDLOCK_ACCESS_FS_READ_FILE | LANDLOCK_ACCESS_FS_READ_DIR;
-    struct landlock_ruleset_attr attr = {.handled_access_fs = dir_rights};
-    int ruleset = (int)syscall(SYS_landlock_create_ruleset, &attr, sizeof attr, 0U);
-    if (ruleset == -1) {
-        fprintf(stderr, "gh-vault: ERROR: this kernel offers no Landlock (Linux 5.13+ with landlock in the "
-                        "lsm= list), which keeps gh from reading its own environment; use gh on the host\n");
-        exit(EXIT_VAULT);
-    }
-    DIR *root = opendir("/");
-    if (!root)
-        die_errno("opendir /");
-    for (struct dirent *e; (e = readdir(root));) {
-        if (e->d_name[0] == '.' || strcmp(e->d_name, "proc") == 0)
-            continue;
-        int fd = openat(dirfd(root), e->d_name, O_PATH | O_CLOEXEC);
-        struct stat st;
-        if (fd == -1 || fstat(fd, &st) == -1) {
-            if (fd != -1)
-                close(fd);
-            continue; /* a dangling entry: nothing to grant */
-        }
-        struct landlock_path_beneath_attr beneath = {
-            .allowed_access = S_ISDIR(st.st_mode) ? dir_rights : LANDLOCK_ACCESS_FS_READ_FILE,
-            .parent_fd = fd,
-        };
-        if (syscall(SYS_landlock_add_rule, ruleset, LANDLOCK_RULE_PATH_BENEATH, &beneath, 0U) == -1)
-            die_errno("landlock_add_rule");
-        close(fd);
-    }
-    closedir(root);
-    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == -1)
-        die_errno("prctl(PR_SET_NO_NEW_PRIVS)");
-    if (syscall(SYS_landlock_restrict_self, ruleset, 0U) == -1)
-        die_errno("landlock_restrict_self");
-    close(ruleset);
-}
-
 static int token_char_ok(char c)
 {
     return c > 0x20 && c < 0x7f;
@@ -370,7 +320,6 @@ int main(int argc, char **argv)
     explicit_bzero(token, sizeof token);
 
     drop_privileges(ruid, rgid);
-    confine_reads();
 
     argv[0] = "gh";
     execve(GH_REAL, argv, env);

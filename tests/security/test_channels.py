@@ -206,3 +206,68 @@ def test_oversized_line_from_pi_ends_the_cell_and_the_next_cell_works(settings, 
     second = shell.run_cell_magic("pi", "", "again")
     assert second.text == "short and fine" and second.ok
     assert "pi exited inside the sandbox" in second._repr_mimebundle_()["text/plain"]
+
+
+# Run by the agent through pi's bash tool: its own pi's memory, where pi keeps auth.json's keys.
+OWN_PI = r'''
+import ctypes, errno, json, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+def raw_open(path):
+    fd = libc.syscall(257, -100, path.encode(), os.O_RDONLY, 0)
+    return fd, ("OK" if fd >= 0 else errno.errorcode.get(ctypes.get_errno(), "?"))
+def parent(p):
+    with open(f"/proc/{p}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[1])
+def name(p):
+    with open(f"/proc/{p}/cmdline", "rb") as f:
+        return os.path.basename(f.read().split(b"\0")[0])
+pid = parent(os.getpid())
+while pid > 1 and name(pid) not in (b"pi", b"pi-rpc", b"node"):
+    pid = parent(pid)
+res = {"pid": pid, "found": False}
+fd, res["mem"] = raw_open(f"/proc/{pid}/mem")
+if fd >= 0:
+    maps_fd, _ = raw_open(f"/proc/{pid}/maps")
+    maps = b""
+    while chunk := os.read(maps_fd, 65536):
+        maps += chunk
+    for line in maps.decode().splitlines():
+        span, perms = line.split()[:2]
+        lo, hi = (int(x, 16) for x in span.split("-"))
+        if perms.startswith("rw") and hi - lo < (512 << 20):
+            try:
+                if sys.argv[1].encode() in os.pread(fd, hi - lo, lo):
+                    res["found"] = True
+                    break
+            except OSError:
+                pass
+fd, res["environ"] = raw_open(f"/proc/{pid}/environ")
+with open("/workspace/own-pi.json", "w") as f:
+    json.dump(res, f)
+'''
+
+
+def own_pi_attack(settings, scripted, pi_magics, workspace) -> dict:
+    from secharness import CANARY_AUTH, plant_pi_dir
+
+    plant_pi_dir(settings.pi_data_path)
+    (workspace / "own_pi.py").write_text(OWN_PI)
+    scripted.push(say("ready"), call("bash", command=f"python3 /workspace/own_pi.py {CANARY_AUTH}"), say("done"))
+    pi_magics.shell.run_cell_magic("pi", "", "hello")  # pi is up and has read its keys
+    pi_magics.shell.run_cell_magic("pi", "", "read your own memory")
+    return json.loads((workspace / "own-pi.json").read_text())
+
+
+def test_agent_cannot_read_its_own_pis_memory(settings, scripted, pi_magics, workspace):
+    """pi holds the provider keys of auth.json in memory; its tool children (the agent) cannot open it."""
+    res = own_pi_attack(settings, scripted, pi_magics, workspace)
+    assert res["mem"] == "EACCES" and res["environ"] == "EACCES", f"expected {NON_DUMPABLE_PI}: {res}"
+    assert not res["found"]
+
+
+def test_control_readable_node_gives_pis_memory_away(settings, readable_node_image, scripted, pi_magics, workspace):
+    settings.image = readable_node_image
+    res = own_pi_attack(settings, scripted, pi_magics, workspace)
+    assert res["mem"] == "OK" and res["environ"] == "OK", res
+    assert res["found"], f"control: the key was not in pi's memory: {res}"

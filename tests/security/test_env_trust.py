@@ -82,6 +82,8 @@ def new_kernel(settings, workspace, monkeypatch):
     import pimagic
 
     ip = InteractiveShell.instance()
+    saved = ip.config.PimagicSettings.copy()  # other tests' %config must not leak into this kernel
+    ip.config.PimagicSettings.clear()
     started = []
 
     def start():
@@ -103,7 +105,8 @@ def new_kernel(settings, workspace, monkeypatch):
         if magics.settings in ip.configurables:
             ip.configurables.remove(magics.settings)
     pimagic._magics = None
-    ip.config.PimagicSettings.pop("paranoid", None)
+    ip.config.PimagicSettings.clear()
+    ip.config.PimagicSettings.update(saved)
 
 
 def run_cell(magics, scripted, *steps) -> str:

@@ -20,7 +20,7 @@ from secharness import (
     "target",
     [
         pytest.param("/etc/ld.so.preload", id="write-ld-so-preload"),
-        pytest.param("/usr/local/lib/pimagic/gh-guard.sh", id="write-gh-guard"),
+        pytest.param("/usr/local/lib/pimagic/gh-vault", id="write-gh-vault"),
         pytest.param("/usr/local/bin/gh", id="replace-gh-symlink"),
         pytest.param("/proc/self/root/usr/local/lib/pimagic/app-firewall.js", id="write-root-via-proc-self-root"),
     ],

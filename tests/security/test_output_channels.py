@@ -4,6 +4,7 @@
 - `%pi logs` strips terminal escape sequences from pi's stderr and the container's log;
 - seccomp allows socket()/socketpair() only for AF_UNIX/INET/INET6/NETLINK and refuses TIOCSTI;
 - the TTY of `pimagic shell`/`run` is exclusive (TIOCEXCL, cli.TTY_LOCK): no agent process opens it.
+- the output of a non-TTY `pimagic shell`/`run` is stripped of escape sequences when shown on a terminal.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import json
 import os
 import pty
 import select
+import subprocess
 import sys
 import textwrap
 import time
@@ -259,6 +261,7 @@ def probe_tty(settings, docker_client) -> dict:
 def test_agent_process_cannot_open_the_shells_terminal(settings, docker_client, mode):
     term = Terminal(settings, mode)
     try:
+        term.expect(b"/workspace$ ")  # the prompt: the CLI's raw mode flushes anything typed before
         term.type("echo ready-$((6*7))")
         term.expect(b"ready-42")  # allowed use: the shell works on its exclusive terminal
         res = probe_tty(settings, docker_client)
@@ -276,3 +279,45 @@ def test_agent_process_cannot_open_the_shells_terminal(settings, docker_client, 
                 os.close(term.fd)
             except OSError:
                 pass
+
+
+def test_plain_exec_output_to_a_terminal_is_stripped(settings):
+    """`pimagic shell` with piped input but a terminal for output: the agent's escape sequences
+    do not reach the terminal; piped output (the control) stays byte-exact."""
+    script = b"printf '\\033]52;c;cGFzdGVk\\007\\033]0;owned\\007visible-%s\\n' $((6*7))\n"
+    env = dict(os.environ, PIMAGIC_IMAGE=settings.image, PIMAGIC_PI_DATA_DIR=settings.pi_data_dir)
+    argv = [sys.executable, "-m", "pimagic.cli", "-w", settings.workspace, "shell"]
+    r, w = os.pipe()
+    os.write(w, script)
+    os.close(w)
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.dup2(r, 0)
+        os.execvpe(sys.executable, argv, env)
+    os.close(r)
+    screen = b""
+    try:
+        end = time.monotonic() + 120
+        while time.monotonic() < end:
+            ready, _, _ = select.select([fd], [], [], 0.2)
+            if ready:
+                try:
+                    chunk = os.read(fd, 65536)
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                screen += chunk
+            elif os.waitpid(pid, os.WNOHANG)[0]:
+                break
+    finally:
+        try:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+        os.close(fd)
+    assert b"visible-42" in screen, screen[-2000:]
+    assert b"\x1b]" not in screen and b"\x07" not in screen, screen[-2000:]
+    piped = subprocess.run(argv, input=script, env=env, capture_output=True, timeout=120)
+    assert b"\x1b]52;c;cGFzdGVk\x07" in piped.stdout  # control: not a terminal, so byte-exact

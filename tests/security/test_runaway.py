@@ -111,6 +111,42 @@ def test_background_process_ends_after_the_kernel_detaches(shell, scripted, sett
     assert container_state(docker_client, settings)[0] == "running"
 
 
+KERNEL = """
+import os, sys, time
+from pimagic.config import load_settings
+from pimagic.session import PiSession
+workspace, data, image = sys.argv[1:4]
+settings = load_settings(workspace, environ=os.environ, pi_data_dir=data, image=image, idle_timeout=float(sys.argv[4]))
+PiSession(settings, "killed-kernel").ensure()
+print("ready", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_killed_kernel_detaches_too(settings, workspace, docker_client):
+    """idle-timeout: a kernel that dies (SIGKILL, no cleanup) closes its exec socket with it; pi
+    ends, and the sandbox with the agent's background loop stops within the bound."""
+    import subprocess
+    import sys
+
+    args = [str(workspace), str(settings.pi_data_path), settings.image, str(IDLE)]
+    kernel = subprocess.Popen([sys.executable, "-c", KERNEL, *args], stdout=subprocess.PIPE, text=True)
+    try:
+        assert kernel.stdout.readline().strip() == "ready"
+        from pimagic.sandbox import Sandbox
+
+        settings.idle_timeout = IDLE
+        Sandbox(settings, docker_client).exec(["bash", "-c", HEARTBEAT])  # the agent's leftover
+        time.sleep(IDLE + 1)
+        assert container_state(docker_client, settings)[0] == "running" and heartbeat_moves(workspace)
+    finally:
+        kernel.kill()
+        kernel.wait()
+    wait_exited(docker_client, settings, IDLE_BOUND)
+    assert container_state(docker_client, settings) == ("exited", IDLE_EXIT_CODE), f"expected {IDLE_SUPERVISOR}"
+    assert not heartbeat_moves(workspace)
+
+
 def test_control_without_idle_bound_the_process_outlives_the_kernel(shell, scripted, settings, workspace,
                                                                    pi_magics, docker_client):
     """Control: idle_timeout=0 (no bound) leaves the same background loop running after the
@@ -189,6 +225,17 @@ def test_allowed_a_file_just_under_the_limit(shell, scripted, settings, workspac
     text = cell(shell, scripted, "head -c 60M /dev/zero > result.bin && echo wrote")
     assert "wrote" in text and "workspace_write_limit" not in text, text[-1500:]
     assert (workspace / "result.bin").stat().st_size == 60 * MB
+    assert container_state(docker_client, settings)[0] == "running"
+
+
+def test_allowed_the_bound_is_per_cell_not_per_kernel(shell, scripted, settings, workspace, docker_client):
+    """Allowed use: the user's own 40 MiB data set written between two cells, then a cell that writes
+    40 MiB: each cell stays under 64 MiB, so nothing is killed though the folder grew by 80 MiB."""
+    settings.workspace_write_limit = "64m"
+    assert "wrote" in cell(shell, scripted, "head -c 40M /dev/zero > agent1.bin && echo wrote")
+    (workspace / "dataset.bin").write_bytes(b"\1" * (40 * MB))  # the notebook's own code, on the host
+    text = cell(shell, scripted, "head -c 40M /dev/zero > agent2.bin && echo wrote")
+    assert "wrote" in text and "workspace_write_limit" not in text, text[-1500:]
     assert container_state(docker_client, settings)[0] == "running"
 
 

@@ -181,3 +181,37 @@ def test_allocated_never_follows(tmp_path):
     os.symlink(tmp_path / "t", tmp_path / "l")
     assert allocated(str(tmp_path / "l")) < MB <= allocated(str(tmp_path / "t"))
     assert allocated(str(tmp_path / "gone")) is None
+
+
+def test_lost_events_are_recounted(watched):
+    """An inotify queue overflow (watchdog only logs it) makes the watch walk the folder again."""
+    import logging
+
+    watch, root, _ = watched
+    write(root / "unseen", 7 * MB)
+    settle(watch, lambda g: g >= 7 * MB)
+    time.sleep(0.3)  # the file's last events are in
+    with watch._lock:  # as if the kernel had dropped this file's events
+        watch._set(str(root / "unseen"), 0)
+        watch._hot.clear()
+    assert watch.growth < MB
+    logging.getLogger("watchdog.observers.inotify_c").warning("Inotify queue overflowed; filesystem events were lost")
+    settle(watch, lambda g: g >= 7 * MB)
+
+
+def test_a_blind_watch_fails_closed(watched):
+    """Watching stops (e.g. no inotify watch left for a new directory): the limit is reported as
+    reached, with the reason, instead of letting growth go uncounted; reset() watches afresh."""
+    watch, root, trips = watched
+    for emitter in list(watch._observer.emitters):
+        emitter.stop()
+        emitter.join(5)
+    deadline = time.monotonic() + 5
+    while not trips and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert len(trips) == 1 and "inotify" in (watch.failure or "")
+    watch.reset()
+    watch.start()
+    assert watch.failure is None and watch.running
+    write(root / "after", 2 * MB)
+    settle(watch, lambda g: g >= 2 * MB)

@@ -183,6 +183,16 @@ def test_env_written_during_a_window_is_not_loaded_and_the_note_names_keys_not_v
     assert "trust-env" in note
 
 
+def test_a_refused_env_still_turns_paranoid_on_but_never_off(ws):
+    """The user who edits `.env` while the sandbox runs keeps paranoid mode; the agent cannot drop it."""
+    envtrust.record_running(state_of(ws), "c1", started_at=time.time() - 5)
+    (ws / ".env").write_text("PARANOID_MODE=true\nPIMAGIC_PIDS_LIMIT=100000\n")
+    s = load_settings(ws, environ={})
+    assert (s.paranoid, s.pids_limit) == (True, 512) and s.env_notes
+    (ws / ".env").write_text("PARANOID_MODE=0\n")
+    assert load_settings(ws, environ={"PARANOID_MODE": "1"}).paranoid is True
+
+
 def test_allowed_env_written_while_no_sandbox_runs_is_loaded(ws):
     d = state_of(ws)
     envtrust.record_running(d, "c1", started_at=time.time() - 60)
@@ -196,7 +206,7 @@ def test_refused_then_trusted_then_loaded(ws):
     envtrust.record_running(state_of(ws), "c1", started_at=time.time() - 5)
     (ws / ".env").write_text("PARANOID_MODE=1\nPIMAGIC_MEMORY=2g\n")
     s = load_settings(ws, environ={})
-    assert (s.paranoid, s.memory) == (False, "4g")
+    assert (s.paranoid, s.memory) == (True, "4g")  # refused, but paranoid only tightens: it applies
     path, digest, keys, notes = trust_env_file(s, environ={})
     assert (s.paranoid, s.memory, keys, notes) == (True, "2g", ["PARANOID_MODE", "PIMAGIC_MEMORY"], [])
     assert digest in json.loads((state_of(ws) / envtrust.STATE_FILE).read_text())["accepted"]
@@ -237,9 +247,9 @@ def test_env_file_outside_the_workspace_is_the_users_own_file(ws, tmp_path):
 def test_env_file_inside_the_workspace_follows_the_same_rule(ws):
     envtrust.record_running(state_of(ws), "c1", started_at=time.time() - 5)
     (ws / "conf").mkdir()
-    (ws / "conf" / "my.env").write_text("PARANOID_MODE=1\n")
+    (ws / "conf" / "my.env").write_text("PIMAGIC_PIDS_LIMIT=1000\n")
     s = load_settings(ws, env_file=ws / "conf" / "my.env", environ={})
-    assert s.paranoid is False and "my.env" in s.env_notes[0]
+    assert s.pids_limit == 512 and "my.env" in s.env_notes[0]
 
 
 def test_environment_still_wins_over_a_trusted_env(ws):
@@ -263,13 +273,13 @@ def test_a_renewed_ctime_does_not_launder_an_agent_written_env(ws, remembered):
     which renews the inode's ctime and leaves one link. The content seen at window close stays refused."""
     d = state_of(ws)
     envtrust.record_running(d, "c1", started_at=time.time() - 5)
-    (ws / "planted.tmp").write_text("PARANOID_MODE=1\n")
+    (ws / "planted.tmp").write_text("PIMAGIC_PIDS_LIMIT=1000\n")
     os.link(ws / "planted.tmp", ws / ".env")
     envtrust.record_stopped(d, "c1", env_path=(ws / ".env") if remembered else None)
     time.sleep(envtrust.SLACK + 0.3)
     (ws / "planted.tmp").unlink()  # the user cleans up
     s = load_settings(ws, environ={})
     if remembered:
-        assert s.paranoid is False and "this content was written while a sandbox" in s.env_notes[0]
+        assert s.pids_limit == 512 and "this content was written while a sandbox" in s.env_notes[0]
     else:  # without the ledger the fresh ctime would vouch for it
-        assert s.paranoid is True and s.env_notes == ()
+        assert s.pids_limit == 1000 and s.env_notes == ()

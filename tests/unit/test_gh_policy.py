@@ -151,7 +151,8 @@ ALLOWED = [
     (True, ["issue", "comment", "1", "--body", "see http://example.com/x"]),
     (False, ["repo", "list"]), (False, ["repo", "--help"]), (False, ["auth", "status"]),
     (False, ["api", "graphql", "-F", "query=@/tmp/q"]), (False, ["api", "-X", "POST", "user/keys", "-f", "k=v"]),
-    (False, ["pr", "checkout", "1"]), (False, ["repo", "clone", "o/r", "dir"]), (False, ["codespace", "list"]), (False, ["repo", "deploy-key", "list"]),
+    (False, ["pr", "checkout", "1"]), (False, ["repo", "clone", "o/r", "dir"]), (False, ["codespace", "list"]),
+    (False, ["repo", "deploy-key", "list"]),
 ]
 
 

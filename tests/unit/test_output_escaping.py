@@ -1,0 +1,97 @@
+"""Pure tests of the per-channel escaping (issue 9, class 8) and of the seccomp argument filters."""
+
+from __future__ import annotations
+
+import pytest
+
+from pimagic import seccomp
+from pimagic.render import TurnRenderer, _Footer, clean, escape_name, render_bundle
+
+
+@pytest.mark.parametrize(
+    "name, shown",
+    [
+        ("plain.py", "plain.py"),
+        ("a\rb", "a\\rb"),
+        ("a\nb", "a\\nb"),
+        ("tab\there", "tab\\there"),
+        ("esc\x1b[2J", "esc\\x1b[2J"),
+        ("c1\x9b31m", "c1\\x9b31m"),
+        ("bidi\u202etxt.exe", "bidi\\u202etxt.exe"),
+        ("zw\u200bsp", "zw\\u200bsp"),
+        ("ls\u2028ep", "ls\\u2028ep"),
+        ("back\\slash", "back\\\\slash"),
+        ("bad\udcffbyte", "bad\\xffbyte"),  # os.fsdecode of a non-UTF-8 byte
+        ("日本語.txt", "日本語.txt"),
+    ],
+)
+def test_escape_name(name: str, shown: str) -> None:
+    assert escape_name(name) == shown
+    assert shown.isprintable()
+
+
+def test_clean_shows_a_lone_cr_and_folds_only_tool_output() -> None:
+    assert clean("warning: x\rfine") == "warning: x\\rfine"
+    assert clean("10%\r100%\n", overwrite=True) == "100%\n"
+    assert clean("a\r\nb") == "a\nb"  # CRLF is a newline, not an overwrite
+
+
+def footer(files: list[str]) -> _Footer:
+    return _Footer(None, {}, 1.0, files, "done")
+
+
+def test_footer_and_notice_escape_file_names_in_every_bundle() -> None:
+    evil = "x.sh\r\x1b]52;c;AAAA\x07\nfake: all good"
+    renderer = TurnRenderer(lambda b, f: None)
+    renderer.add_notice(f"the agent changed files your machine may run: {escape_name(evil)}", warn=True)
+    bundle = render_bundle(renderer._blocks, footer([evil]))
+    for doc in bundle.values():
+        assert "\r" not in doc and "\x1b" not in doc and "\x07" not in doc
+    plain = bundle["text/plain"].splitlines()
+    assert not [line for line in plain if line.startswith("fake")]
+    assert any("your machine may run: x.sh\\r\\x1b]52;c;AAAA\\x07\\nfake: all good" in line for line in plain)
+    assert "1 file changed: x.sh\\r" in bundle["text/plain"]
+
+
+def test_a_notice_stays_on_one_line_even_unescaped() -> None:
+    renderer = TurnRenderer(lambda b, f: None)
+    renderer.add_notice("warning: a\n[i] everything is fine", warn=True)
+    plain = render_bundle(renderer._blocks, footer([]))["text/plain"]
+    assert "[!] warning: a [i] everything is fine" in plain
+
+
+# --------------------------------------------------------------------------- seccomp
+
+
+def verdict(profile: dict, name: str, args: list[int]) -> str:
+    """How the profile answers a syscall: the rules are ALLOW-only besides the default."""
+    ops = {
+        "SCMP_CMP_EQ": lambda a, v, _: a == v,
+        "SCMP_CMP_MASKED_EQ": lambda a, m, v: a & m == v,
+    }
+    for rule in profile["syscalls"]:
+        if name not in rule["names"]:
+            continue
+        conds = rule.get("args") or []
+        if all(ops[c["op"]](args[c["index"]], c["value"], c["valueTwo"]) for c in conds):
+            return rule["action"]
+    return profile["defaultAction"]
+
+
+@pytest.mark.parametrize("family, allowed", [(1, True), (2, True), (10, True), (16, True), (40, False),
+                                             (38, False), (17, False), (0x100000002, False)])
+def test_socket_families(family: int, allowed: bool) -> None:
+    prof = seccomp.profile("x86_64")
+    for call in ("socket", "socketpair"):
+        assert (verdict(prof, call, [family, 1, 0]) == "SCMP_ACT_ALLOW") is allowed
+
+
+@pytest.mark.parametrize("request_, allowed", [
+    (0x5412, False), (0x1_0000_5412, False), (0x541C, False), (0xFFFF_FFFF_0000_541C, False),
+    (0x5401, True), (0x5413, True), (0x5411, True), (0x541B, True), (0x541D, True), (0x80045430, True),
+    (0x1_0000_5401, True), (0, True), (0xFFFFFFFF, True),
+])
+def test_ioctl_requests(request_: int, allowed: bool) -> None:
+    prof = seccomp.profile("x86_64")
+    assert (verdict(prof, "ioctl", [0, request_, 0]) == "SCMP_ACT_ALLOW") is allowed
+    assert "ioctl" not in seccomp.ALLOWED and "socket" not in seccomp.ALLOWED
