@@ -19,7 +19,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from watchdog.events import (
@@ -68,16 +68,17 @@ def allocated(path: str) -> int | None:
 
 
 class DiskWatch(FileSystemEventHandler):
-    """Growth of `root` in allocated bytes; `on_exceed(growth)` runs once when it passes `limit`.
+    """Growth of `root` (and any `also` roots: the sandbox's other host mounts) in allocated
+    bytes; `on_exceed(growth)` runs once when it passes `limit`.
 
     start() after stop() walks again and keeps the first baseline, so growth while the watch
     was stopped still counts; reset() starts a new baseline (after the user was told)."""
 
     def __init__(
         self, root: Path, limit: int, on_exceed: Callable[[int], None], *,
-        poll: float = 0.5, hot_seconds: float = 30.0,
+        also: Sequence[Path] = (), poll: float = 0.5, hot_seconds: float = 30.0,
     ) -> None:
-        self.root = str(root)
+        self.roots = [str(root), *(str(r) for r in also)]
         self.limit = limit
         self.on_exceed = on_exceed
         self.poll = poll
@@ -105,12 +106,13 @@ class DiskWatch(FileSystemEventHandler):
         if self.running:
             return
         observer = Observer()
-        observer.schedule(self, self.root, recursive=True, event_filter=_EVENTS)
         try:
+            for root in self.roots:
+                observer.schedule(self, root, recursive=True, event_filter=_EVENTS)
             observer.start()
         except OSError as e:  # e.g. fs.inotify.max_user_watches reached
             raise DiskLimitError(
-                f"cannot watch {self.root} for growth: {e}",
+                f"cannot watch {', '.join(self.roots)} for growth: {e}",
                 hint="raise fs.inotify.max_user_watches (sysctl), or set PIMAGIC_WRITE_LIMIT=0 "
                 "to rely on the per-file bound alone",
             ) from None
@@ -118,7 +120,8 @@ class DiskWatch(FileSystemEventHandler):
         with self._lock:
             self._sizes.clear()
             self._total = 0
-            self._walk(self.root)
+            for root in self.roots:
+                self._walk(root)
             if self._baseline is None:
                 self._baseline = self._total
         self._stopping.clear()
@@ -214,7 +217,8 @@ class DiskWatch(FileSystemEventHandler):
                     self.lost.clear()
                     self._sizes.clear()
                     self._total = 0
-                    self._walk(self.root)
+                    for root in self.roots:
+                        self._walk(root)
                 for path, seen in list(self._hot.items()):
                     if seen < cutoff:
                         del self._hot[path]

@@ -13,8 +13,8 @@ import contextlib
 import errno
 import os
 import secrets
-import shutil
 import stat
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,7 +26,7 @@ __all__ = [
     "make_dir",
     "open_dir",
     "read_file",
-    "remove_tree",
+    "remove_retired_tree",
     "write_atomic",
     "write_in_place",
 ]
@@ -155,19 +155,15 @@ def write_in_place(dir_fd: int, name: str, data: bytes, *, mode: int = 0o644) ->
         os.close(fd)
 
 
-def remove_tree(name: str, *, dir_fd: int) -> bool:
-    """Remove directory `name` in `dir_fd` without following any symlink in it; False if missing."""
-    if not shutil.rmtree.avoids_symlink_attacks:  # fd-based rmtree (Linux); anything else is unsafe
-        raise HostFileError("this platform's shutil.rmtree can follow symlinks; refusing to reset")
-    try:
-        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-    except FileNotFoundError:
-        return False
-    if not stat.S_ISDIR(st.st_mode):  # a planted symlink or file in its place: remove just that
-        os.unlink(name, dir_fd=dir_fd)
-        return True
-    shutil.rmtree(name, dir_fd=dir_fd)
-    return True
+def remove_retired_tree(path: Path) -> bool:
+    """Delete a tree that no sandbox can reach any more (moved into the host-only state dir), of
+    any depth or permissions: coreutils' `rm` walks it without recursion limits and never follows
+    symlinks; when not root, `chmod -R` (which does not follow symlinks either) first gives back
+    the permissions the agent took away. True when it is gone."""
+    if os.getuid() != 0:
+        subprocess.run(["chmod", "-R", "u+rwx", "--", str(path)], capture_output=True, check=False)
+    subprocess.run(["rm", "-rf", "--one-file-system", "--", str(path)], capture_output=True, check=False)
+    return not os.path.lexists(path)
 
 
 def path_in(root: Path, path: Path) -> bool:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,7 @@ CONFIG_DIR = "pi-config"
 VIEW_DIR = "sandbox-view"
 AGENT_DIR = "agent"
 VIEW_FILES = (MODELS_FILE, SETTINGS_FILE)
+TRASH_PREFIX = ".retired-"  # what a reset moved out of the way, deleted after
 
 
 def state_dir(settings: Any) -> Path:
@@ -152,19 +154,23 @@ def prepare_state(settings: Any) -> StateDir:
         with hostfs.opened_dir(AGENT_DIR, dir_fd=sfd) as afd:
             if os.getuid() == 0:  # root on the host: hand only this one dir to the sandbox's uid
                 os.fchown(afd, settings.uid, settings.gid)
-            _clear_mount_points(afd)
+            _clear_mount_points(afd, sfd)
         hostfs.make_dir(VIEW_DIR, dir_fd=sfd, mode=0o755)
         with hostfs.opened_dir(VIEW_DIR, dir_fd=sfd) as vfd:
             for name in VIEW_FILES:  # the mount sources must exist before the container starts
                 if hostfs.read_file(vfd, name) is None:
                     hostfs.write_in_place(vfd, name, b"{}\n")
+    left = empty_trash(state)
+    if left:
+        out.notes.append(f"could not delete {', '.join(left)} (no longer used by the sandbox): remove it by hand")
     return out
 
 
-def _clear_mount_points(afd: int) -> None:
+def _clear_mount_points(afd: int, sfd: int) -> None:
     """The view is mounted over agent/models.json and agent/settings.json. No container runs now
     (start() removed it), so nothing races: a symlink or directory the agent left at those names
-    (which would move or fail the mount) is removed without following it; files are left alone."""
+    (which would move or fail the mount) is moved to the host-only trash, never followed or walked
+    here (a directory may be made too deep to walk); files are left alone."""
     import stat
 
     for name in VIEW_FILES:
@@ -173,7 +179,7 @@ def _clear_mount_points(afd: int) -> None:
         except FileNotFoundError:
             continue
         if not stat.S_ISREG(st.st_mode):
-            hostfs.remove_tree(name, dir_fd=afd)
+            os.rename(name, f"{TRASH_PREFIX}{name}-{uuid.uuid4().hex[:8]}", src_dir_fd=afd, dst_dir_fd=sfd)
 
 
 def _legacy_note(settings: Any, sfd: int) -> list[str]:
@@ -226,9 +232,13 @@ def refresh_view(settings: Any) -> None:
 
 
 def reset_pi_data(settings: Any) -> list[str]:
-    """Remove the folder's pi data: `agent/` (sessions, auth.json, and whatever the agent planted:
-    extensions, AGENTS.md, skills, symlinks) and the conversation ids that point into it. Symlink-
-    safe (fd-based rmtree). The host-owned config, relays record and view are kept. Returns what went."""
+    """Retire the folder's pi data: `agent/` (sessions, auth.json, and whatever the agent planted:
+    extensions, AGENTS.md, skills, symlinks) and the conversation ids that point into it. The host-
+    owned config, relays record and view are kept. Returns what went.
+
+    Each is first renamed to a trash name in the host-only state dir, so the reset holds even when
+    deleting fails (a tree the agent made too deep to walk, or unreadable): a new, empty `agent/`
+    is made at the next start, and the trash is retried then."""
     state = state_dir(settings)
     removed = []
     try:
@@ -237,8 +247,21 @@ def reset_pi_data(settings: Any) -> list[str]:
         return removed
     try:
         for name in (AGENT_DIR, "conversations"):
-            if hostfs.remove_tree(name, dir_fd=sfd):
-                removed.append(str(state / name))
+            try:
+                os.rename(name, f"{TRASH_PREFIX}{name}-{uuid.uuid4().hex[:8]}", src_dir_fd=sfd, dst_dir_fd=sfd)
+            except FileNotFoundError:
+                continue
+            removed.append(str(state / name))
     finally:
         os.close(sfd)
+    empty_trash(state)
     return removed
+
+
+def empty_trash(state: Path) -> list[str]:
+    """Delete retired trees in the state dir; returns the ones still left (reported, retried later)."""
+    try:
+        names = [n for n in os.listdir(state) if n.startswith(TRASH_PREFIX)]
+    except FileNotFoundError:
+        return []
+    return [str(state / n) for n in names if not hostfs.remove_retired_tree(state / n)]

@@ -58,6 +58,7 @@ LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::"})
 RELAYS_FILE = "relays.json"
 CONNECT_TIMEOUT = 10.0
+MAX_CONNECTIONS = 64  # open at once per relay; a model client needs a handful
 _BUFSIZE = 65536
 
 # Well-known default ports -> a readable provider name.
@@ -102,6 +103,7 @@ class Relay:
         self._workers: set[threading.Thread] = set()
         self.connections = 0  # accepted so far
         self.failures = 0  # connections the target refused
+        self.refused = 0  # connections closed at once: MAX_CONNECTIONS were open
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -194,9 +196,20 @@ class Relay:
                     if self._stopping.is_set():
                         return
                     continue
+                if self.active_connections() >= MAX_CONNECTIONS:
+                    # Each connection costs the kernel two fds and two threads: the sandbox must
+                    # not be able to exhaust the notebook's process by opening thousands.
+                    self.refused += 1
+                    conn.close()
+                    continue
                 conn.setblocking(True)
                 self.connections += 1
                 self._spawn(self._serve, conn)
+
+    def active_connections(self) -> int:
+        with self._lock:
+            self._workers = {w for w in self._workers if w.is_alive()}
+            return len(self._workers)
 
     def _spawn(self, target: Any, *args: Any) -> None:
         t = threading.Thread(target=target, args=args, name="pimagic-relay-conn", daemon=True)

@@ -17,7 +17,7 @@ from typing import Any
 
 from . import envtrust, hostfs, piconfig, preflight, seccomp
 from . import image as image_mod
-from .config import PimagicSettings
+from .config import PimagicSettings, pimagic_data_root
 from .errors import DockerUnavailableError, PimagicError, SandboxError
 
 LABEL_MANAGED = "org.pimagic.managed"
@@ -136,6 +136,7 @@ class Sandbox:
             raise SandboxError(
                 f"workspace {s.workspace_path} is not a directory", hint="set PimagicSettings.workspace"
             )
+        _refuse_unsafe_workspace(s)
         st = s.workspace_path.stat()
         if os.getuid() == 0 and st.st_uid != s.uid and not st.st_mode & 0o002:
             raise SandboxError(
@@ -598,6 +599,25 @@ def _safe_logs(container, tail: int = 50) -> str:
         return container.logs(tail=tail).decode(errors="replace")
     except Exception:
         return ""
+
+
+def _refuse_unsafe_workspace(settings: PimagicSettings) -> None:
+    """The folder is mounted read-write: it must not hold what the host runs or trusts on its own.
+    Your home (or a folder above it) holds shell, IPython and ssh start-up files, and usually
+    pimagic's own host-only state; a folder that contains the data root hands that state to the agent."""
+    ws, home, root = settings.workspace_path, Path.home().resolve(), pimagic_data_root()
+    if home.is_relative_to(ws):
+        what = "your home directory" if ws == home else f"a folder that contains your home directory ({home})"
+    elif root.is_relative_to(ws):
+        what = f"a folder that contains pimagic's host-only state ({root})"
+    else:
+        return
+    raise SandboxError(
+        f"refusing to give the sandbox {ws}: it is {what}, and whatever the agent writes there "
+        "(start-up files, pimagic's own records) would run or be trusted on your machine",
+        hint="work in a project folder (`mkdir ~/myproject`, open the notebook there, or "
+        "`%config PimagicSettings.workspace = '~/myproject'`); or set PIMAGIC_DATA_ROOT outside the folder",
+    )
 
 
 def reload_if_sandbox_gone(settings: PimagicSettings, reload) -> PimagicSettings:

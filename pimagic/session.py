@@ -185,7 +185,10 @@ class PiSession:
                 self._diskwatch = None
             return
         if self._diskwatch is None:
-            self._diskwatch = DiskWatch(self.settings.workspace_path, limit, _weak_call(self._on_disk_limit))
+            # pi's agent dir is the sandbox's other host mount: the agent can fill the disk there too
+            self._diskwatch = DiskWatch(
+                self.settings.workspace_path, limit, _weak_call(self._on_disk_limit), also=[self.settings.pi_data_path]
+            )
             weakref.finalize(self, self._diskwatch.stop)  # a dropped session frees its inotify instance
         elif self._diskwatch.exceeded_by is not None:  # the user was told (or is, now): a new baseline
             if self._disk_unreported():
@@ -214,7 +217,7 @@ class PiSession:
             )
         growth = max(watch.exceeded_by or 0, watch.growth) if watch else 0  # what landed, overshoot included
         return (
-            f"the workspace grew by {growth / 2**20:.0f} MiB while the sandbox ran, more than "
+            f"the workspace (with pi's data dir) grew by {growth / 2**20:.0f} MiB in this cell, more than "
             f"workspace_write_limit={self.settings.workspace_write_limit}: stopped the sandbox and every "
             "process in it (the files are kept)"
         )

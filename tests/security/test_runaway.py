@@ -210,6 +210,19 @@ def test_writing_past_the_limit_ends_the_turn(shell, scripted, settings, workspa
     assert "next-42" in text and "workspace_write_limit" in text, text[-1500:]
 
 
+def test_writing_into_pis_data_dir_counts_too(shell, scripted, settings, workspace, docker_client):
+    """write-limit (red-team finding): pi's data dir is the sandbox's other host mount; 192 MiB
+    written there under a 64 MiB limit ends the turn like the same writes in the workspace."""
+    settings.workspace_write_limit = "64m"
+    cell(shell, scripted, "echo warm")
+    text = cell(shell, scripted, "for i in $(seq 1 12); do head -c 16M /dev/zero > ~/.pi/agent/fill$i; done; "
+                                 "echo fin$((6*7))")
+    assert "more than workspace_write_limit=64m" in text and "fin42" not in text, text[-1500:]
+    wait_exited(docker_client, settings, 10)
+    grown = sum(f.stat().st_blocks * 512 for f in settings.pi_data_path.glob("fill*"))
+    assert 64 * MB < grown <= 64 * MB + OVERSHOOT, f"grew by {grown / MB:.0f} MiB"
+
+
 def test_control_without_the_limit_the_folder_grows_unbounded(shell, scripted, settings, workspace):
     """Control: workspace_write_limit=0 (no bound) lets the same kind of writer finish."""
     settings.workspace_write_limit = "0"

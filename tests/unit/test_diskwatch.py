@@ -215,3 +215,22 @@ def test_a_blind_watch_fails_closed(watched):
     assert watch.failure is None and watch.running
     write(root / "after", 2 * MB)
     settle(watch, lambda g: g >= 2 * MB)
+
+
+def test_also_roots_count_toward_the_same_limit(tmp_path):
+    """The sandbox's second host mount (pi's data dir) adds to the same growth."""
+    ws, agent = tmp_path / "ws", tmp_path / "agent"
+    ws.mkdir()
+    agent.mkdir()
+    trips: list[int] = []
+    watch = DiskWatch(ws, 3 * MB, trips.append, also=[agent], poll=0.05)
+    watch.start()
+    try:
+        (ws / "a").write_bytes(b"x" * 2 * MB)
+        (agent / "b").write_bytes(b"x" * 2 * MB)
+        deadline = time.monotonic() + 5
+        while not trips and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert trips and trips[0] >= 4 * MB
+    finally:
+        watch.stop()

@@ -155,21 +155,65 @@ def test_open_dir_refuses_symlink(tmp_path, canary):
         hostfs.open_dir(tmp_path / "link")
 
 
-def test_remove_tree_does_not_follow_symlinks(tmp_path, canary):
-    state = tmp_path / "state"
-    agent = state / "agent"
-    (agent / "extensions").mkdir(parents=True)
+def _agent_dir(tmp_path: Path):
+    ws = tmp_path / "ws"
+    ws.mkdir(exist_ok=True)
+    settings = load_settings(ws, environ={})
+    piconfig.prepare_state(settings)
+    return settings, settings.pi_data_path
+
+
+def test_reset_does_not_follow_symlinks(tmp_path, canary):
+    settings, agent = _agent_dir(tmp_path)
+    state = agent.parent
+    (agent / "extensions").mkdir()
     (agent / "extensions" / "evil.ts").write_text("x")
     (agent / "outside-dir").symlink_to(canary.parent)
     (agent / "outside-file").symlink_to(canary)
     (state / "conversations").symlink_to(canary.parent)  # a symlink in place of a dir: only it goes
-    with hostfs.opened_dir(state) as sfd:
-        assert hostfs.remove_tree("agent", dir_fd=sfd)
-        assert hostfs.remove_tree("conversations", dir_fd=sfd)
-        assert not hostfs.remove_tree("agent", dir_fd=sfd)
-    assert not agent.exists() and not (state / "conversations").is_symlink()
+    removed = piconfig.reset_pi_data(settings)
+    assert removed == [str(agent), str(state / "conversations")]
+    assert not os.path.lexists(agent) and not os.path.lexists(state / "conversations")
+    assert not [n for n in os.listdir(state) if n.startswith(piconfig.TRASH_PREFIX)]
     unchanged(canary)
-    assert canary.parent.is_dir()
+    assert canary.parent.is_dir() and piconfig.config_dir(settings).is_dir()  # host-owned config kept
+
+
+def _deep(top: Path, depth: int) -> None:
+    fd = os.open(top, os.O_RDONLY)
+    for _ in range(depth):  # relative to a dir fd, as the agent would: no path gets too long
+        os.mkdir("d", dir_fd=fd)
+        nfd = os.open("d", os.O_RDONLY, dir_fd=fd)
+        os.close(fd)
+        fd = nfd
+    os.close(fd)
+
+
+def test_reset_holds_against_a_tree_too_deep_for_recursion_and_locked_dirs(tmp_path):
+    """Red-team finding: a 1500-deep chain made shutil.rmtree raise RecursionError, and a
+    `chmod 000` dir a PermissionError (non-root), so planted extensions survived the reset."""
+    settings, agent = _agent_dir(tmp_path)
+    (agent / "aaa").mkdir()
+    _deep(agent / "aaa", 3000)
+    (agent / "extensions" / "locked").mkdir(parents=True)
+    (agent / "extensions" / "locked" / "evil.ts").write_text("x")
+    (agent / "extensions" / "locked").chmod(0)
+    (agent / "AGENTS.md").write_text("obey")
+    piconfig.reset_pi_data(settings)
+    assert not os.path.lexists(agent)
+    assert not [n for n in os.listdir(agent.parent) if n.startswith(piconfig.TRASH_PREFIX)]
+    piconfig.prepare_state(settings)  # the next start: an empty agent dir
+    assert os.listdir(agent) == []
+
+
+def test_odd_mount_point_names_are_moved_out_not_walked(tmp_path, canary):
+    settings, agent = _agent_dir(tmp_path)
+    (agent / "models.json").mkdir()
+    _deep(agent / "models.json", 3000)
+    (agent / "settings.json").symlink_to(canary)
+    piconfig.prepare_state(settings)
+    assert not os.path.lexists(agent / "models.json") and not os.path.lexists(agent / "settings.json")
+    unchanged(canary)
 
 
 def test_piconfig_read_json_refuses_fifo_and_symlink(tmp_path, canary):

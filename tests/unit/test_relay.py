@@ -105,6 +105,30 @@ def test_several_connections_at_once(echo):
             c.close()
 
 
+def test_open_connections_are_capped(echo, monkeypatch):
+    """Red-team finding: 1500 connections from the sandbox took the kernel to its fd limit (each
+    costs two fds and two threads). Past the cap a connection is closed at once; the open ones work."""
+    monkeypatch.setattr(relay, "MAX_CONNECTIONS", 4)
+    with Relay(echo.port, listen_host="127.0.0.1") as r:
+        held = [socket.create_connection(r.address) for _ in range(4)]
+        for c in held:
+            c.sendall(b"ok")
+            assert recv_all(c, 2) == b"OK"
+        extra = [socket.create_connection(r.address) for _ in range(20)]
+        for c in extra:
+            assert recv_all(c, 1, timeout=5) == b"", "closed at once"
+            c.close()
+        assert r.refused == 20 and r.active_connections() == 4
+        for c in held:
+            c.close()
+        deadline = time.monotonic() + 5
+        while r.active_connections() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with socket.create_connection(r.address) as again:  # room again once they closed
+            again.sendall(b"back")
+            assert recv_all(again, 4) == b"BACK"
+
+
 def test_stops_cleanly_and_cuts_open_connections(echo):
     r = Relay(echo.port, listen_host="127.0.0.1").start()
     address = r.address
