@@ -26,8 +26,8 @@ def pytest_runtest_setup(item):
     folder = os.path.dirname(str(item.fspath))
     if os.getuid() == 0:  # the agent never runs as root; CI runs as root: lend it the folder
         os.chown(folder, 1000, 1000)
-    data = tempfile.mkdtemp(prefix="pimagic-nb-")
-    os.environ["PIMAGIC_PI_DATA_DIR"] = os.path.join(data, "agent")
+    # pimagic's host-only state for this run (kernels inherit it): never the user's own.
+    os.environ["PIMAGIC_DATA_ROOT"] = tempfile.mkdtemp(prefix="pimagic-nb-")
     client = docker_client()
     settings = load_settings(folder)
     os.environ["PIMAGIC_IMAGE"] = ensure_image(client, settings)

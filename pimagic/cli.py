@@ -5,20 +5,21 @@ from __future__ import annotations
 
 import argparse
 import codecs
+import contextlib
 import os
 import select
 import shutil
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from . import image as image_mod
 from . import piconfig, relay
 from .config import PimagicSettings, load_settings, trust_env_file
-from .errors import PimagicError
+from .errors import PimagicError, SandboxError
 from .render import clean
 from .sandbox import Sandbox, docker_client, list_sandboxes, reload_if_sandbox_gone
-from .session import PiSession
+from .session import PI_SAFE_FLAGS, PiSession
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -93,11 +94,13 @@ def _cmd_run(args: argparse.Namespace, settings: PimagicSettings) -> int:
     pi_args = list(args.args)
     if pi_args and pi_args[0] == "--":
         pi_args = pi_args[1:]
-    return _exec(settings, ["pi", *pi_args])
+    return _exec(settings, ["pi", *PI_SAFE_FLAGS, *pi_args])
 
 
 def _cmd_shell(args: argparse.Namespace, settings: PimagicSettings) -> int:
-    return _exec(settings, ["bash", "-l"])
+    # Not a login shell, and not the agent's ~/.bashrc: the home is the agent's to write, and a
+    # planted profile would sit between you and the terminal (a key logger). Debian's rc is root's.
+    return _exec(settings, ["bash", "--noprofile", "--rcfile", "/etc/bash.bashrc", "-i"])
 
 
 def _cmd_clean(args: argparse.Namespace, settings: PimagicSettings) -> int:
@@ -139,18 +142,52 @@ def _cmd_trust_env(args: argparse.Namespace, settings: PimagicSettings) -> int:
 # later open() of that pts (a process left from an earlier cell, /proc/<pid>/fd/0, /dev/tty) then
 # fails with EBUSY without CAP_SYS_ADMIN, which the sandbox lacks, and seccomp refuses TIOCSTI: no
 # agent process can read what the user types (keys pasted into /login) or type into it.
+# An OSC sequence the lock prints once the terminal is exclusive; `_await_lock` swallows it.
+TTY_LOCKED = b"\x1b]pimagic-tty-locked\x07"
 TTY_LOCK = (
     "python3", "-I", "-c",
     "import fcntl,os,sys,termios\n"
     "try:\n fcntl.ioctl(0, termios.TIOCEXCL)\n"
     "except OSError as e:\n sys.exit(f'pimagic: cannot make the terminal exclusive: {e}')\n"
+    "os.write(1, b'\\x1b]pimagic-tty-locked\\x07')\n"
     "os.execvp(sys.argv[1], sys.argv[1:])",
 )
+LOCK_TIMEOUT = 30.0
 
 
 def tty_command(cmd: Sequence[str]) -> list[str]:
     """``cmd`` behind the terminal lock (for an exec with a TTY)."""
     return [*TTY_LOCK, *cmd]
+
+
+@contextlib.contextmanager
+def _agent_frozen(sandbox: Sandbox) -> Iterator[None]:
+    """Every process of the agent's uid is stopped (SIGSTOP cannot be caught) while a new terminal
+    exists but is not yet exclusive: the pts is the agent uid's, so any of its processes could
+    open it in that window and read what the user types. `kill -1` spares the caller, root's
+    processes (the idle supervisor) and, since Linux 5.3, catches processes forked meanwhile."""
+    sandbox.exec(["kill", "-STOP", "-1"])
+    try:
+        yield
+    finally:
+        sandbox.exec(["kill", "-CONT", "-1"])
+
+
+def _await_lock(raw) -> bytes:
+    """Read the terminal until the lock's mark; return what followed it (the program's output)."""
+    seen = b""
+    raw.settimeout(LOCK_TIMEOUT)
+    try:
+        while TTY_LOCKED not in seen:
+            chunk = raw.recv(65536)
+            if not chunk:
+                raise SandboxError(f"the terminal lock did not start: {clean(seen.decode(errors='replace'))}")
+            seen += chunk
+    except TimeoutError:
+        raise SandboxError("the terminal lock did not answer", hint="`pimagic update` rebuilds the image") from None
+    finally:
+        raw.settimeout(None)
+    return seen.split(TTY_LOCKED, 1)[1]
 
 
 def _exec(settings: PimagicSettings, cmd: list[str]) -> int:
@@ -163,10 +200,16 @@ def _exec(settings: PimagicSettings, cmd: list[str]) -> int:
     PiSession(settings, client=sandbox.client).configure_pi()  # PIMAGIC_MODEL / _THINKING as in notebooks
     tty = sys.stdin.isatty() and sys.stdout.isatty()
     env = {"TERM": os.environ.get("TERM", "xterm-256color")}
-    exec_id, sock = sandbox.exec_socket(tty_command(cmd) if tty else cmd, tty=tty, environment=env)
+    if not tty:
+        exec_id, sock = sandbox.exec_socket(cmd, environment=env)
+    else:
+        with _agent_frozen(sandbox):
+            exec_id, sock = sandbox.exec_socket(tty_command(cmd), tty=True, environment=env)
+            first = _await_lock(getattr(sock, "_sock", sock))
     raw = getattr(sock, "_sock", sock)
     try:
         if tty:
+            os.write(sys.stdout.fileno(), first)
             _pump_tty(sandbox, exec_id, raw)
         else:
             _pump_plain(raw)

@@ -26,6 +26,10 @@ from .sandbox import IDLE_EXIT_CODE, Sandbox
 
 Progress = Callable[[str], None]
 READY_TIMEOUT = 90.0
+# pi loads code and instructions it finds in its agent dir and the project's `.pi/`, both of which
+# the agent writes: an extension planted there would run inside every later pi (other notebooks'
+# included) and could forge their output or ask pi for its keys. None of it is discovered.
+PI_SAFE_FLAGS = ("--no-extensions", "--no-skills", "--no-prompt-templates", "--no-themes", "--no-approve")
 
 
 def _slug(text: str) -> str:
@@ -111,7 +115,7 @@ class PiSession:
         self._container_id = container.id
         self.configure_pi()
         self._relay_local_providers()
-        cmd = ["pi", "--mode", "rpc", "--session-id", self.session_id]
+        cmd = ["pi", "--mode", "rpc", *PI_SAFE_FLAGS, "--session-id", self.session_id]
         _, sock = self.sandbox.exec_socket(cmd)
         rpc = RpcClient(SocketTransport(sock))
         try:

@@ -201,7 +201,11 @@ TTY_PROBE = textwrap.dedent(
 
 RUN_CLI = (
     "import sys, pimagic.cli as c\n"
-    "if sys.argv[1] == 'control':\n    c.tty_command = lambda cmd: list(cmd)  # no terminal lock\n"
+    "if sys.argv[1] == 'control':  # no terminal lock, no freeze while the terminal appears\n"
+    "    import contextlib\n"
+    "    c.tty_command = lambda cmd: list(cmd)\n"
+    "    c._agent_frozen = lambda sandbox: contextlib.nullcontext()\n"
+    "    c._await_lock = lambda raw: b''\n"
     "sys.exit(c.main(sys.argv[2:]))"
 )
 
@@ -272,6 +276,92 @@ def test_agent_process_cannot_open_the_shells_terminal(settings, docker_client, 
             assert "OK" in res.values(), f"control: without the lock the terminal opens: {res}"
         term.type("echo after-$((2+3))")
         term.expect(b"after-5")
+        assert term.close() == 0
+    finally:
+        if term.fd:
+            try:
+                os.close(term.fd)
+            except OSError:
+                pass
+
+
+SPINNER = textwrap.dedent(
+    r"""
+    import os, time
+    # Left behind by an earlier cell: waits for any new terminal and grabs it the moment it appears.
+    seen = set(os.listdir("/dev/pts"))
+    end = time.monotonic() + 120
+    while time.monotonic() < end:
+        for name in os.listdir("/dev/pts"):
+            if name in seen or name == "ptmx":
+                continue
+            try:
+                fd = os.open("/dev/pts/" + name, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+            except OSError as e:
+                seen.add(name)
+                open("/tmp/spinner.log", "a").write(f"{name} {e.errno}\n")
+                continue
+            open("/tmp/spinner.log", "a").write(f"{name} OPENED\n")
+            seen.add(name)
+        open("/tmp/spinner.beat", "w").write(str(time.monotonic()))
+    """
+)
+
+
+def spinner_log(settings, docker_client) -> str:
+    code, out, _ = Sandbox(settings, docker_client).exec(["sh", "-c", "cat /tmp/spinner.log 2>/dev/null; echo"])
+    return out.decode()
+
+
+@pytest.mark.parametrize("mode", ["locked", "control"])
+def test_a_process_spinning_on_new_terminals_never_gets_the_shells(settings, docker_client, mode):
+    """tty-lock (red-team finding): a process left running polls /dev/pts and opens a new terminal
+    the moment runc creates it, before the lock is set; then it reads what the user types. The
+    CLI stops every agent process while the terminal is not yet exclusive. Control: no freeze, no
+    lock: the spinner opens it."""
+    box = Sandbox(settings, docker_client)
+    box.start()
+    code, _, err = box.exec(["sh", "-c", "cat > /tmp/spin.py; setsid python3 /tmp/spin.py "
+                                         ">/dev/null 2>&1 </dev/null & echo ok"], stdin=SPINNER.encode())
+    assert code == 0, err
+    time.sleep(1.0)
+    term = Terminal(settings, mode)
+    try:
+        term.expect(b"/workspace$ ")
+        term.type("echo ready-$((6*7))")
+        term.expect(b"ready-42")  # allowed use: the user's line reaches the shell
+        time.sleep(1.0)
+        log = spinner_log(settings, docker_client)
+        if mode == "locked":
+            assert "OPENED" not in log and "16" in log, f"expected {TTY_LOCK} (EBUSY=16): {log!r}"
+            beat = lambda: box.exec(["cat", "/tmp/spinner.beat"])[1]  # noqa: E731
+            first = beat()
+            time.sleep(0.5)
+            assert beat() != first, "the spinner was continued after the terminal was locked"
+        else:
+            assert "OPENED" in log, f"control: without freeze and lock the spinner opens it: {log!r}"
+        assert term.close() == 0
+    finally:
+        if term.fd:
+            try:
+                os.close(term.fd)
+            except OSError:
+                pass
+
+
+def test_shell_does_not_run_the_agents_profile_or_rc(settings, docker_client):
+    """shell-rc (red-team finding): the home is the agent's; a planted ~/.bash_profile or ~/.bashrc
+    would sit between the user and the terminal (a key logger). `pimagic shell` runs neither."""
+    box = Sandbox(settings, docker_client)
+    box.start()
+    plant = "for f in .bash_profile .bash_login .profile .bashrc; do echo 'echo PLANTED-$((40+2))' > ~/$f; done"
+    assert box.exec(["sh", "-c", plant])[0] == 0
+    term = Terminal(settings, "locked")
+    try:
+        term.expect(b"/workspace$ ")
+        term.type("echo ready-$((6*7))")
+        term.expect(b"ready-42")
+        assert b"PLANTED-42" not in term.screen, term.screen[-2000:]
         assert term.close() == 0
     finally:
         if term.fd:
