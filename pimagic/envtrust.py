@@ -1,15 +1,16 @@
-"""May pimagic load the workspace's `.env`? The sandbox can write the workspace, so a `.env`
-is the user's only when the host can vouch for it. No Docker here: pure decisions plus one
-host-only state file.
+"""May pimagic load a settings file (`.env`, `--env-file`)? A sandbox can write its folder and
+everything below it, so a file there is the user's only when the host can vouch for it. No Docker
+here: pure decisions plus one host-only state file for the whole machine user.
 
-The host records, per folder, the windows during which a sandbox could write the workspace
-(opened when `Sandbox.start` creates or joins a container, closed when pimagic sees it stopped
-or gone). A `.env` is trusted when its ctime (which no process can set; rename and link update it)
-lies outside every window, or when the user accepted its exact content (`trust-env`: a hash ledger).
-A host action on an agent-made inode after a window (unlinking a second hard link, a chmod) renews
-its ctime without making it the user's: so a `.env` with several links is refused, and the content of
-a `.env` that changed inside a window is remembered as suspect when the window closes.
-The state lives beside pi's data dir, never inside anything mounted into the sandbox.
+The host records every write window: the container, the mounted folder's path AND its
+(st_dev, st_ino), start, end (opened when `Sandbox.start` creates or joins a container, closed by
+container id when pimagic sees it stopped or gone). A file is refused when a window whose folder is
+the file's folder or any ancestor of it (by path, or by inode: a moved tree is still caught) covers
+its ctime, which no process can set on a POSIX filesystem (rename and link update it). When a window
+closes, the folder is walked and the content of every `.env`-like file changed inside it is
+remembered as suspect: a copy, a restore, a hard link left behind stays refused anywhere, until the
+user accepts that content at that path (`trust-env`: a hash ledger). The state lives in pimagic's
+data root, never inside anything mounted into a sandbox.
 """
 
 from __future__ import annotations
@@ -20,27 +21,35 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import stat
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Protocol
 
 from .errors import ConfigError
 
 ENV_MAX_BYTES = 64 * 1024  # a settings file, not a data file: a larger one is refused unread
-STATE_MAX_BYTES = 1024 * 1024
+STATE_MAX_BYTES = 4 * 1024 * 1024
 STATE_FILE = "env-trust.json"
 SLACK = 2.0  # seconds around each window: clock granularity and the engine's timestamps
-MAX_WINDOWS = 512  # older windows are merged into one span (conservative: it only grows)
-MAX_ACCEPTED = 64
+MAX_WINDOWS = 512  # older closed windows are merged into one span over "/" (conservative)
+MAX_ACCEPTED = 256
+MAX_SUSPECT = 4096
+WALK_MAX_ENTRIES = 200_000  # a window's folder walk stops here (and at WALK_MAX_SECONDS) ...
+WALK_MAX_SECONDS = 20.0  # ... and the window is then marked incomplete (see `decide`)
+MAX_SYMLINK_HOPS = 40
+# Filesystems where a file's ctime follows its mtime, which the owner (the agent: it runs as the
+# user's uid) sets with utimensat: there only accepted contents load.
+CTIME_UNRELIABLE = frozenset({"vfat", "msdos", "fat", "exfat", "ntfs", "ntfs3", "fuseblk", "9p", "drvfs", "v9fs"})
 
 # Settings that point host-side actions at host paths, identities or code: where pi's data dir is
 # (mounted read-write, chowned), which image runs with the token, which host files are copied into
-# the image as trusted CAs. Machine-level, never per-project: never from a workspace `.env`, even a
-# trusted one (environment, %config, or an --env-file outside the folder instead).
+# the image as trusted CAs. Machine-level, never per-project: never from a file a sandbox can write,
+# even a trusted one (environment, %config, or an --env-file outside every sandbox's folder instead).
 HOST_ONLY_KEYS = frozenset({"PIMAGIC_PI_DATA_DIR", "PIMAGIC_IMAGE", "PIMAGIC_BASE_IMAGE", "PIMAGIC_EXTRA_CA_CERTS"})
 
 TRUST_COMMAND = "`%pi trust-env` in the notebook or `pimagic trust-env` in a shell"
@@ -54,11 +63,16 @@ class _Settings(Protocol):
     def workspace_path(self) -> Path: ...
 
 
-def state_dir(settings: _Settings) -> Path:
-    """pimagic's host-only per-folder dir (beside the mounted pi data dir; see pimagic.piconfig)."""
-    from .piconfig import state_dir as folder_state_dir
+def state_dir(settings: _Settings | None = None) -> Path:
+    """Where the machine-wide trust state lives: pimagic's data root (never mounted anywhere)."""
+    from .config import pimagic_data_root
 
-    return folder_state_dir(settings)
+    return pimagic_data_root()
+
+
+def is_env_name(name: str) -> bool:
+    """`.env`, `.env.*` (`.env.example` too: a user's `cp .env.example .env`) and `*.env`."""
+    return name == ".env" or name.startswith(".env.") or name.endswith(".env")
 
 
 # --- the state file -------------------------------------------------------------------
@@ -66,64 +80,64 @@ def state_dir(settings: _Settings) -> Path:
 
 @dataclass
 class Window:
-    """A span during which a sandbox (container `container`) could write the workspace."""
+    """A span during which container `container` could write `folder` (and all below it)."""
 
     container: str
     start: float
     end: float | None = None  # None: still open (or never observed closed)
+    folder: str = "/"
+    dev: int = -1
+    ino: int = -1
+    complete: bool = True  # False: the walk at close hit its bound (or the folder had moved)
 
     def covers(self, when: float, now: float) -> bool:
         end = self.end if self.end is not None else now
         return self.start - SLACK <= when <= end + SLACK
 
+    def over(self, chain: list[Dir]) -> bool:
+        """The window's folder is one of `chain` (a file's folder and its ancestors)."""
+        return any(d.path == self.folder or (d.dev, d.ino) == (self.dev, self.ino) for d in chain)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"container": self.container, "start": self.start, "end": self.end, "folder": self.folder,
+                "dev": self.dev, "ino": self.ino, "complete": self.complete}
+
+    @classmethod
+    def from_json(cls, w: Any) -> Window:
+        end = None if w.get("end") is None else float(w["end"])
+        return cls(str(w["container"]), float(w["start"]), end, str(w.get("folder", "/")),
+                   int(w.get("dev", -1)), int(w.get("ino", -1)), bool(w.get("complete", True)))
+
 
 @dataclass
 class TrustState:
     windows: list[Window] = field(default_factory=list)
-    accepted: list[str] = field(default_factory=list)  # sha256 of `.env` contents the user accepted
-    # sha256 of `.env` contents found, when a window closed, to have changed inside it: a later host
-    # action on that inode (unlinking a hard link, chmod) renews its ctime, not its author
+    accepted: list[str] = field(default_factory=list)  # "sha256 path": the user vouched for it there
+    # sha256 of `.env`-like contents found, when a window closed, to have changed inside it: refused
+    # wherever they appear later (a copy, a restore, a hard link the user unlinks), until accepted
     suspect: list[str] = field(default_factory=list)
 
     @classmethod
     def from_json(cls, data: Any) -> TrustState:
         if not isinstance(data, dict):
             raise ValueError("not an object")
-        windows = [
-            Window(str(w["container"]), float(w["start"]), None if w.get("end") is None else float(w["end"]))
-            for w in data.get("windows", [])
-        ]
         return cls(
-            windows, [str(h) for h in data.get("accepted", [])], [str(h) for h in data.get("suspect", [])]
+            [Window.from_json(w) for w in data.get("windows", [])],
+            [str(h) for h in data.get("accepted", [])], [str(h) for h in data.get("suspect", [])],
         )
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "windows": [{"container": w.container, "start": w.start, "end": w.end} for w in self.windows],
-            "accepted": self.accepted,
-            "suspect": self.suspect,
-        }
+        return {"windows": [w.to_json() for w in self.windows], "accepted": self.accepted, "suspect": self.suspect}
 
     def compact(self) -> None:
-        if len(self.windows) > MAX_WINDOWS:
-            old = self.windows[: len(self.windows) - MAX_WINDOWS + 1]
-            ends = [w.end for w in old]
-            end = None if None in ends else max(e for e in ends if e is not None)
-            merged = Window("merged", min(w.start for w in old), end)
-            self.windows = [merged, *self.windows[len(old):]]
+        closed = [w for w in self.windows if w.end is not None]
+        if len(self.windows) > MAX_WINDOWS and len(closed) > 1:
+            old = closed[: len(self.windows) - MAX_WINDOWS + 1]
+            merged = Window("merged", min(w.start for w in old), max(w.end or 0.0 for w in old), "/",
+                            complete=all(w.complete for w in old))
+            self.windows = [merged, *(w for w in self.windows if w not in old)]
         self.accepted = self.accepted[-MAX_ACCEPTED:]
-        self.suspect = self.suspect[-MAX_ACCEPTED:]
-
-    def note_suspect(self, env_path: Path | None, now: float) -> None:
-        """Remember the content of a `.env` that changed inside a window (called as windows close)."""
-        if env_path is None:
-            return
-        try:
-            env = read_env(env_path)
-        except ConfigError:
-            return  # missing, a symlink, a FIFO...: refused by every later check anyway
-        if any(w.covers(env.ctime, now) for w in self.windows) and env.sha256 not in self.suspect:
-            self.suspect.append(env.sha256)
+        self.suspect = self.suspect[-MAX_SUSPECT:]
 
 
 def _read_regular(path: Path, limit: int, *, dir_fd: int | None = None) -> tuple[bytes, os.stat_result]:
@@ -155,8 +169,9 @@ class _TooLarge(OSError):
     pass
 
 
-def load_state(directory: Path) -> TrustState | None:
-    """The recorded state, or None when pimagic has recorded nothing for this folder yet."""
+def load_state(directory: Path | None = None) -> TrustState | None:
+    """The recorded state, or None when pimagic has recorded nothing yet."""
+    directory = directory or state_dir()
     try:
         data, _ = _read_regular(directory / STATE_FILE, STATE_MAX_BYTES)
     except FileNotFoundError:
@@ -172,13 +187,15 @@ def load_state(directory: Path) -> TrustState | None:
 def _state_error(directory: Path, reason: str) -> ConfigError:
     return ConfigError(
         str(directory / STATE_FILE), None, reason,
-        hint=f"delete {directory / STATE_FILE}; pimagic then refuses the folder's .env until {TRUST_COMMAND}",
+        hint=f"delete {directory / STATE_FILE}; pimagic then refuses every `.env` a sandbox could have "
+        f"written until {TRUST_COMMAND}",
     )
 
 
 @contextlib.contextmanager
-def _locked_state(directory: Path) -> Iterator[TrustState]:
-    """Read-modify-write of the state under an exclusive lock (several kernels share a folder)."""
+def _locked_state(directory: Path | None = None) -> Iterator[TrustState]:
+    """Read-modify-write of the state under an exclusive lock (every kernel of the user shares it)."""
+    directory = directory or state_dir()
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     lock = os.open(directory / f"{STATE_FILE}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
@@ -207,72 +224,188 @@ def _write_state(directory: Path, state: TrustState) -> None:
     os.replace(tmp, directory / STATE_FILE)
 
 
-# --- recording what the sandbox could do (called by Sandbox) --------------------------------
+# --- recording what a sandbox could do (called by Sandbox) --------------------------------
+
+_ENGINE_TIME = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)$")
 
 
 def parse_engine_time(text: str | None) -> float | None:
-    """Docker's RFC 3339 timestamps (nanoseconds, `Z`) as epoch seconds; None when unset."""
-    if not text or text.startswith("0001-"):
+    """Docker's RFC 3339 timestamps (nanoseconds, `Z` or an offset) as epoch seconds; None when unset."""
+    match = _ENGINE_TIME.match(text or "")
+    if not match or text.startswith("0001-"):  # type: ignore[union-attr]
         return None
+    main, frac, zone = match.groups()
     try:
-        main, _, frac = text.rstrip("Z").partition(".")
         base = datetime.fromisoformat(main).replace(tzinfo=timezone.utc).timestamp()
-        return base + (float("0." + frac) if frac.isdigit() else 0.0)
     except ValueError:
         return None
+    if zone != "Z":
+        sign = 1 if zone[0] == "+" else -1
+        base -= sign * timedelta(hours=int(zone[1:3]), minutes=int(zone[4:6])).total_seconds()
+    return base + (float("0." + frac) if frac else 0.0)
 
 
-def record_running(
-    directory: Path, container: str, started_at: float | None = None, *, env_path: Path | None = None
-) -> None:
-    """A sandbox runs (created or joined): open its window. Any other open window belongs to a
-    container that is gone (one container per folder): close those now."""
+def record_running(container: str, folder: Path, started_at: float | None = None,
+                   directory: Path | None = None) -> None:
+    """A sandbox for `folder` runs (created or joined): open its window (once per container)."""
     now = time.time()
+    st = os.stat(folder)  # the user's chosen folder (resolved), mounted by inode
     with _locked_state(directory) as state:
-        closing = [w for w in state.windows if w.end is None and w.container != container]
-        for w in closing:
-            w.end = now
-        if closing:
-            state.note_suspect(env_path, now)
         if not any(w.container == container and w.end is None for w in state.windows):
-            state.windows.append(Window(container, min(started_at or now, now)))
+            start = now if started_at is None else min(started_at, now)
+            state.windows.append(Window(container, start, None, str(folder), st.st_dev, st.st_ino))
 
 
-def record_stopped(
-    directory: Path, container: str | None = None, finished_at: float | None = None, *,
-    env_path: Path | None = None,
-) -> None:
-    """The sandbox stopped or is gone: close its window at the engine's FinishedAt when known,
-    every other open window (and it, when the time is unknown) at now. `env_path`: the folder's
-    `.env`, whose content is remembered as suspect when it changed inside a window."""
+def record_stopped(container: str, finished_at: float | None = None, directory: Path | None = None) -> None:
+    """Container `container` stopped or is gone: close its window (only its own) at `finished_at`
+    (host clock; None: now), then remember the suspect contents of its folder."""
     now = time.time()
-    if not os.path.isdir(directory):
-        return  # nothing was ever recorded for this folder, so nothing is open
+    if not (directory or state_dir()).is_dir():
+        return  # nothing was ever recorded, so nothing is open
     with _locked_state(directory) as state:
         for w in state.windows:
-            if w.end is None and w.container == container and finished_at is not None:
-                w.end = max(w.start, min(finished_at, now))
-            elif w.end is None:
-                w.end = now
-        state.note_suspect(env_path, now)
+            if w.end is None and w.container == container:
+                w.end = now if finished_at is None else max(w.start, min(finished_at, now))
+                w.complete = _note_suspects(state, w, now)
 
 
-def has_open_window(directory: Path) -> bool:
-    """True when a recorded window is still open (its container may since have stopped unseen)."""
+def open_windows(directory: Path | None = None) -> list[Window]:
+    """Windows still open (their container may since have stopped unseen)."""
     try:
         state = load_state(directory)
     except ConfigError:
-        return False
-    return state is not None and any(w.end is None for w in state.windows)
+        return []
+    return [w for w in state.windows if w.end is None] if state is not None else []
 
 
-def accept(directory: Path, data: bytes) -> str:
-    """The user vouches for this exact `.env` content; returns its hash."""
+def accept(path: Path, data: bytes, directory: Path | None = None) -> str:
+    """The user vouches for this exact content at this path; returns its hash."""
     digest = hashlib.sha256(data).hexdigest()
+    entry = f"{digest} {path}"
     with _locked_state(directory) as state:
-        if digest not in state.accepted:
-            state.accepted.append(digest)
+        if entry not in state.accepted:
+            state.accepted.append(entry)
     return digest
+
+
+def _note_suspects(state: TrustState, window: Window, now: float) -> bool:
+    """Hash every `.env`-like file under the window's folder that changed inside a window (all of
+    them where ctime is unreliable), never following a symlink, skipping `.git`. False when the
+    walk was cut short or the folder is no longer the mounted one."""
+    try:
+        st = os.lstat(window.folder)
+    except OSError:
+        return False
+    if not stat.S_ISDIR(st.st_mode) or (st.st_dev, st.st_ino) != (window.dev, window.ino):
+        return False  # moved or replaced: the ctime rule (by inode) still holds in place
+    unreliable = filesystem_type(Path(window.folder)) in CTIME_UNRELIABLE
+    deadline, seen, todo = time.monotonic() + WALK_MAX_SECONDS, 0, [window.folder]
+    while todo:
+        try:
+            entries = list(os.scandir(todo.pop()))
+        except OSError:
+            continue
+        for entry in entries:
+            seen += 1
+            if seen > WALK_MAX_ENTRIES or time.monotonic() > deadline:
+                return False
+            if entry.is_dir(follow_symlinks=False):
+                if entry.name != ".git":
+                    todo.append(entry.path)
+            elif is_env_name(entry.name) and entry.is_file(follow_symlinks=False):
+                _note_one(state, Path(entry.path), unreliable, now)
+    return True
+
+
+def _note_one(state: TrustState, path: Path, unreliable: bool, now: float) -> None:
+    try:
+        env = read_env(path)
+    except ConfigError:
+        return  # a FIFO, too large...: refused by every later check anyway
+    above = [w for w in state.windows if path.is_relative_to(w.folder)]
+    changed = unreliable or env.nlink != 1 or any(w.covers(env.ctime, now) for w in above)
+    accepted = f"{env.sha256} {path}" in state.accepted
+    if changed and not accepted and env.sha256 not in state.suspect:
+        state.suspect.append(env.sha256)
+
+
+
+# --- where a file really is ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Dir:
+    path: str
+    dev: int
+    ino: int
+
+
+class _Refused(Exception):
+    pass
+
+
+def locate(path: Path, writable: list[Window], workspace: Path) -> tuple[list[Dir], Path]:
+    """The physical folder chain ("/" .. the file's folder) and physical path of `path`, found one
+    component at a time with lstat: a symlink outside every sandbox-writable folder (the user's own)
+    is followed by hand, one inside one is refused unresolved (no realpath: no automount, no FIFO)."""
+    parts = list(Path(os.path.abspath(path)).parts[1:])
+    root = os.lstat("/")
+    chain, hops = [Dir("/", root.st_dev, root.st_ino)], 0
+    while parts:
+        part = parts.pop(0)
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if len(chain) > 1:
+                chain.pop()
+            continue
+        nxt = os.path.join(chain[-1].path, part)
+        st = os.lstat(nxt)
+        if stat.S_ISLNK(st.st_mode):
+            if _writable(chain, writable, workspace):
+                raise _Refused(f"it is reached through a symlink ({nxt}) a sandbox could have made (not followed)")
+            hops += 1
+            if hops > MAX_SYMLINK_HOPS:
+                raise _Refused("too many symlinks")
+            target = os.readlink(nxt)
+            if os.path.isabs(target):
+                chain = chain[:1]
+            parts = [*Path(target).parts[(1 if os.path.isabs(target) else 0):], *parts]
+            continue
+        if parts:
+            if not stat.S_ISDIR(st.st_mode):
+                raise _Refused(f"{nxt} is not a directory")
+            chain.append(Dir(nxt, st.st_dev, st.st_ino))
+        else:
+            return chain, Path(nxt)
+    raise _Refused("it is not a file")
+
+
+def _writable(chain: list[Dir], windows: list[Window], workspace: Path) -> bool:
+    return any(d.path == str(workspace) for d in chain) or any(w.over(chain) for w in windows)
+
+
+_MOUNTINFO_ESCAPE = re.compile(r"\\([0-7]{3})")
+
+
+def filesystem_type(folder: Path) -> str | None:
+    """The filesystem type of the mount holding `folder` (longest mount-point prefix in
+    /proc/self/mountinfo); None where that cannot be read (not Linux)."""
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return None
+    best, kind = "", None
+    for line in lines:
+        fields, _, rest = line.partition(" - ")
+        parts = fields.split()
+        if len(parts) < 5 or not rest:
+            continue
+        point = _MOUNTINFO_ESCAPE.sub(lambda m: chr(int(m.group(1), 8)), parts[4])
+        inside = str(folder) == point or str(folder).startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):
+            best, kind = point, rest.split()[0]
+    return kind
 
 
 # --- the decision ----------------------------------------------------------------------------
@@ -284,6 +417,7 @@ class EnvFile:
     data: bytes
     ctime: float
     nlink: int = 1
+    mtime: float = 0.0
 
     @property
     def sha256(self) -> str:
@@ -296,6 +430,7 @@ class Verdict:
     trusted: bool
     reason: str  # why not (empty when trusted)
     env: EnvFile | None = None  # the bytes the verdict is about (None: not a readable regular file)
+    writable: bool = True  # a sandbox could write it (False: the user's own file, all keys load)
 
 
 def read_env(path: Path) -> EnvFile:
@@ -310,46 +445,81 @@ def read_env(path: Path) -> EnvFile:
         if e.errno == errno.ELOOP:  # O_NOFOLLOW met a symlink
             raise ConfigError(str(path), None, "a symlink (not followed)") from None
         raise ConfigError(str(path), None, e.strerror or str(e)) from None
-    return EnvFile(path, data, st.st_ctime_ns / 1e9, st.st_nlink)
+    return EnvFile(path, data, st.st_ctime_ns / 1e9, st.st_nlink, st.st_mtime_ns / 1e9)
 
 
-def decide(env: EnvFile, state: TrustState | None, *, history_unknown: bool, now: float | None = None) -> Verdict:
-    """Trusted when the user accepted this content, or it last changed while no sandbox could write."""
+def decide(env: EnvFile, state: TrustState | None, *, history_unknown: bool, now: float | None = None,
+           chain: list[Dir] | None = None, fs_type: str | None = None) -> Verdict:
+    """Trusted when the user accepted this content here, or it last changed while no sandbox could
+    write its folder (nor any folder above it). `chain`: the file's folders (None: every window)."""
     now = time.time() if now is None else now
-    if state is not None and env.sha256 in state.accepted:
+    if state is not None and f"{env.sha256} {env.path}" in state.accepted:
         return Verdict(env.path, True, "", env)
     if state is not None and env.sha256 in state.suspect:
-        return Verdict(env.path, False, "this content was written while a sandbox for this folder could write it", env)
+        return Verdict(env.path, False, "this content was written while a sandbox could write where it was", env)
+    if fs_type in CTIME_UNRELIABLE:
+        reason = (f"it is on a {fs_type} filesystem, where a file's owner (the agent too) can set its change "
+                  "time, so only contents you accepted load")
+        return Verdict(env.path, False, reason, env)
     if env.nlink != 1:  # a hard link made in a window: editing the other name later renews the ctime
         return Verdict(env.path, False, f"it has {env.nlink} hard links (another name can change it)", env)
-    if state is None:
-        if history_unknown:
-            return Verdict(env.path, False, "a sandbox ran for this folder before pimagic recorded when", env)
-        return Verdict(env.path, True, "", env)
-    for w in state.windows:
+    windows = [w for w in (state.windows if state else []) if chain is None or w.over(chain)]
+    for w in windows:
         if w.covers(env.ctime, now):
             when = datetime.fromtimestamp(env.ctime).strftime("%Y-%m-%d %H:%M:%S")
-            reason = f"it changed at {when}, while a sandbox for this folder could write it"
-            return Verdict(env.path, False, reason, env)
+            return Verdict(env.path, False, f"it changed at {when}, while a sandbox for {w.folder} could write it", env)
+        if not w.complete and w.covers(env.mtime, now):  # a copy (cp -a, rsync -a) of an unwalked window's file
+            return Verdict(env.path, False, f"it was modified while a sandbox for {w.folder} could write it", env)
+    if history_unknown:
+        return Verdict(env.path, False, "a sandbox ran for this folder before pimagic recorded when", env)
     return Verdict(env.path, True, "", env)
 
 
 def check(path: Path, settings: _Settings) -> Verdict:
-    """The verdict on a workspace `.env` (the path must exist, as a name at least)."""
-    directory = state_dir(settings)
-    if _inside(directory, settings.workspace_path):
-        return Verdict(path, False, f"pimagic's records for this folder ({directory}) are inside the folder")
-    if os.path.realpath(path) != os.path.abspath(path):
-        return Verdict(path, False, "it is reached through a symlink (not followed)")
-    try:
-        env = read_env(path)
-    except ConfigError as e:
-        return Verdict(path, False, e.message.removeprefix("invalid setting "))
+    """The verdict on a settings file (the path must exist, as a name at least)."""
+    directory, workspace = state_dir(), settings.workspace_path
     try:
         state = load_state(directory)
     except ConfigError as e:  # host-only, so not the agent's doing; still: vouch for nothing
-        return Verdict(path, False, f"{e.message.removeprefix('invalid setting ')} ({e.hint})", env)
-    return decide(env, state, history_unknown=os.path.lexists(settings.pi_data_path))
+        return Verdict(path, False, f"{e.message.removeprefix('invalid setting ')} ({e.hint})")
+    windows = state.windows if state else []
+    try:
+        chain, real = locate(path, windows, workspace)
+    except _Refused as e:
+        return Verdict(path, False, str(e))
+    except OSError as e:
+        return Verdict(path, False, e.strerror or str(e))
+    if not _writable(chain, windows, workspace):
+        try:
+            return Verdict(path, True, "", read_env(real), writable=False)
+        except ConfigError as e:
+            return Verdict(path, False, e.message.removeprefix("invalid setting "), writable=False)
+    if _inside(directory, workspace):
+        return Verdict(path, False, f"pimagic's records ({directory}) are inside the folder")
+    try:
+        env = read_env(real)
+    except ConfigError as e:
+        return Verdict(path, False, e.message.removeprefix("invalid setting "))
+    history = _history_unknown(chain, windows, settings)
+    return decide(env, state, history_unknown=history, chain=chain, fs_type=filesystem_type(Path(chain[-1].path)))
+
+
+def _history_unknown(chain: list[Dir], windows: list[Window], settings: _Settings) -> bool:
+    """A folder on the chain has pi data (a sandbox ran there) but no recorded window."""
+    from .config import pimagic_data_root
+
+    recorded = {w.folder for w in windows}
+    workspaces = pimagic_data_root() / "workspaces"
+    for d in chain:
+        if d.path in recorded:
+            continue
+        name = Path(d.path).name
+        digest = hashlib.sha256(d.path.encode()).hexdigest()[:12]
+        if os.path.lexists(workspaces / f"{name}-{digest}" / "agent"):
+            return True
+        if d.path == str(settings.workspace_path) and os.path.lexists(settings.pi_data_path):
+            return True
+    return False
 
 
 def _inside(path: Path, root: Path) -> bool:
@@ -360,8 +530,8 @@ def _inside(path: Path, root: Path) -> bool:
 
 
 def in_workspace(path: Path, workspace: Path) -> bool:
-    """True when `path` (as given or resolved) lies in the workspace: the sandbox may have written it."""
-    return _inside(path, workspace)
+    """True when `path` lies lexically in the workspace (never resolved: the agent's symlinks)."""
+    return Path(os.path.abspath(path)).is_relative_to(workspace)
 
 
 def refusal_note(verdict: Verdict, keys: list[str] | None) -> str:
@@ -376,7 +546,6 @@ def refusal_note(verdict: Verdict, keys: list[str] | None) -> str:
 
 def host_only_note(path: Path, keys: list[str]) -> str:
     return (
-        f"ignored {', '.join(keys)} in {path}: host-only settings never come from a file in the "
-        "workspace (the sandbox can write there); set them in the environment, with %config, "
-        "or in an --env-file outside the folder"
+        f"ignored {', '.join(keys)} in {path}: host-only settings never come from a file a sandbox can "
+        "write; set them in the environment, with %config, or in an --env-file outside every sandbox's folder"
     )

@@ -520,8 +520,16 @@ def _escape_char(c: str) -> str:
 def escape_name(name: str) -> str:
     """A file name from the sandbox as one visible line, repr-style: backslash, CR, LF, tab, other
     control and format characters (ESC, C1, bidi overrides, zero-width), line separators and
-    undecodable bytes become escapes, so a name can neither hide text nor start a new line."""
-    return "".join(_escape_char(c) for c in name)
+    undecodable bytes become escapes, so a name can neither hide text nor start a new line. A name
+    with anything but letters, digits and `._/@+-` is quoted, so it cannot pass for the text around
+    it (`x.txt · 0 host-executable files changed`)."""
+    escaped = "".join(_escape_char(c) for c in name)
+    if _PLAIN_NAME.fullmatch(name):
+        return escaped
+    return "'" + escaped.replace("'", "\\'") + "'"
+
+
+_PLAIN_NAME = re.compile(r"[\w./@+-]+", re.ASCII)
 
 
 def _one_line(text: str) -> str:

@@ -69,6 +69,8 @@ static const char WHY_API_ENDPOINT[] =
     "gh api takes a path relative to the API (e.g. repos/OWNER/REPO), not a URL or another host";
 static const char WHY_API_WRITE[] = "paranoid mode allows only GET requests";
 static const char WHY_MISSING[] = "the flag needs a value";
+static const char WHY_SUBMODULES[] =
+    "git's submodule command is a shell script, and a shell the agent can read would hold the token";
 static const char WHY_GIT_ARGS[] =
     "git options after -- (-c filter..., --config) can start programs that inherit the token";
 
@@ -454,6 +456,20 @@ static int passes_git_options(const struct cmd *cmd, const struct sub *sub, int 
     return 0;
 }
 
+/* --NAME, --NAME=..., or (short != 0) a single-dash word containing SHORT, in any cluster */
+static int has_flag(int start, int argc, char *const argv[], const char *name, char shrt)
+{
+    size_t n = strlen(name);
+    for (int i = start; i < argc; i++) {
+        const char *a = argv[i];
+        if (a[0] == '-' && a[1] == '-' && strncmp(a + 2, name, n) == 0 && (a[2 + n] == '\0' || a[2 + n] == '='))
+            return 1;
+        if (shrt && a[0] == '-' && a[1] != '-' && strchr(a + 1, shrt))
+            return 1;
+    }
+    return 0;
+}
+
 /* auth status -t / --show-token: the token on stdout */
 static int shows_token(int start, int argc, char *const argv[])
 {
@@ -530,6 +546,13 @@ void gh_policy_check(int argc, char *const argv[], int paranoid, struct gh_verdi
         return (void)refuse(v, cmd->why, "gh", cmd_word, NULL);
     if (paranoid && sub && sub->rule == PARANOID)
         return (void)refuse(v, sub->why, "gh", cmd_word, sub_word);
+    /* pr close -d checks out the default branch with the token in git's environment (filters run) */
+    if (paranoid && sub && strcmp(cmd->name, "pr") == 0 && strcmp(sub->name, "close") == 0 &&
+        has_flag(i, argc, argv, "delete-branch", 'd'))
+        return (void)refuse(v, WHY_GIT, "gh pr close --delete-branch", NULL, NULL);
+    /* git submodule is a shell script: the readable, dumpable sh would hold the token */
+    if (has_flag(i, argc, argv, "recurse-submodules", 0))
+        return (void)refuse(v, WHY_SUBMODULES, "gh", cmd_word, "--recurse-submodules");
     if (passes_git_options(cmd, sub, i, argc, argv))
         return (void)refuse(v, WHY_GIT_ARGS, "gh", cmd_word, "... --");
     if (!check_every_argument(argc, argv, v))

@@ -91,7 +91,26 @@ BYPASSES = [
                  id="api-template"),
     pytest.param("gh pr list -Lq .", f"'-Lq' is blocked in this sandbox: {JQ}", id="pr-list-cluster-Lq"),
     pytest.param("gh issue list -t '{{.}}'", f"'-t' is blocked in this sandbox: {JQ}", id="issue-list-t"),
+    # red-team: git submodule is a readable shell script that would hold the token
+    pytest.param("gh pr checkout 1 --recurse-submodules", "git's submodule command is a shell script",
+                 id="pr-checkout-recurse-submodules"),
 ]
+
+
+def test_pr_close_delete_branch_is_refused_in_paranoid_mode(vbox):
+    """Red-team finding: `gh pr close N -d` passed paranoid mode and ran `git checkout` with the
+    token in git's environment; a smudge filter of an agent-built repo wrote it to a file. Allowed
+    use beside it: closing without deleting the local branch gets past the policy (then fails on the
+    cut network, not with 126)."""
+    vbox.policy(paranoid=True)
+    try:
+        res = vbox.sh(f"{GITHUB_REPO} && gh pr close 1 -d; echo rc=$?")
+        assert_stopped(res, POLICY, "rc=126" in res.out and
+                       "'gh pr close --delete-branch' is blocked in this sandbox" in res.err, "(paranoid)")
+        res = vbox.sh(f"{GITHUB_REPO} && gh pr close 1; echo rc=$?")
+        assert_allowed(res, POLICY, "rc=126" not in res.out and "gh-guard" not in res.err, "(paranoid)")
+    finally:
+        vbox.policy(paranoid=False)
 
 
 @pytest.mark.parametrize("command, error", BYPASSES)

@@ -128,6 +128,14 @@ REFUSED = [
     (True, ["api", "--method=put", "repos/o/r"], "write request"),
     (True, ["api", "graphql", "-f", "query=mutation{x}"], "write request"),
     (True, ["api", "user", "--input", "body.json"], "write request"),
+    # red-team findings: pr close -d checks out the default branch (filters run with the token);
+    # git submodule is a readable shell script holding the token
+    (True, ["pr", "close", "1", "-d"], f"'gh pr close --delete-branch' is blocked in this sandbox: {GIT}"),
+    (True, ["pr", "close", "1", "--delete-branch"], GIT),
+    (True, ["pr", "close", "1", "--delete-branch=true"], GIT),
+    (True, ["pr", "close", "-cd", "1"], GIT),
+    (False, ["pr", "checkout", "1", "--recurse-submodules"], "git's submodule command is a shell script"),
+    (False, ["repo", "clone", "o/r", "--recurse-submodules"], "submodule"),
 ]
 
 
@@ -152,7 +160,8 @@ ALLOWED = [
     (False, ["repo", "list"]), (False, ["repo", "--help"]), (False, ["auth", "status"]),
     (False, ["api", "graphql", "-F", "query=@/tmp/q"]), (False, ["api", "-X", "POST", "user/keys", "-f", "k=v"]),
     (False, ["pr", "checkout", "1"]), (False, ["repo", "clone", "o/r", "dir"]), (False, ["codespace", "list"]),
-    (False, ["repo", "deploy-key", "list"]),
+    (False, ["repo", "deploy-key", "list"]), (True, ["pr", "close", "1", "-c", "done"]),
+    (True, ["-R", "o/r", "pr", "close", "1"]), (False, ["pr", "close", "1", "-d"]),
 ]
 
 

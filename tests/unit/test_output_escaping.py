@@ -12,17 +12,21 @@ from pimagic.render import TurnRenderer, _Footer, clean, escape_name, render_bun
     "name, shown",
     [
         ("plain.py", "plain.py"),
-        ("a\rb", "a\\rb"),
-        ("a\nb", "a\\nb"),
-        ("tab\there", "tab\\there"),
-        ("esc\x1b[2J", "esc\\x1b[2J"),
-        ("c1\x9b31m", "c1\\x9b31m"),
-        ("bidi\u202etxt.exe", "bidi\\u202etxt.exe"),
-        ("zw\u200bsp", "zw\\u200bsp"),
-        ("ls\u2028ep", "ls\\u2028ep"),
-        ("back\\slash", "back\\\\slash"),
-        ("bad\udcffbyte", "bad\\xffbyte"),  # os.fsdecode of a non-UTF-8 byte
-        ("日本語.txt", "日本語.txt"),
+        ("sub/dir/v1.2-x_y@z+w.txt", "sub/dir/v1.2-x_y@z+w.txt"),
+        ("a\rb", "'a\\rb'"),
+        ("a\nb", "'a\\nb'"),
+        ("tab\there", "'tab\\there'"),
+        ("esc\x1b[2J", "'esc\\x1b[2J'"),
+        ("c1\x9b31m", "'c1\\x9b31m'"),
+        ("bidi\u202etxt.exe", "'bidi\\u202etxt.exe'"),
+        ("zw\u200bsp", "'zw\\u200bsp'"),
+        ("ls\u2028ep", "'ls\\u2028ep'"),
+        ("back\\slash", "'back\\\\slash'"),
+        ("bad\udcffbyte", "'bad\\xffbyte'"),  # os.fsdecode of a non-UTF-8 byte
+        ("日本語.txt", "'日本語.txt'"),
+        # red-team finding: visible text that passes for the footer around it is quoted
+        ("x.txt · 0 host-executable files changed ✓", "'x.txt · 0 host-executable files changed ✓'"),
+        ("it's", "'it\\'s'"),
     ],
 )
 def test_escape_name(name: str, shown: str) -> None:
@@ -49,8 +53,8 @@ def test_footer_and_notice_escape_file_names_in_every_bundle() -> None:
         assert "\r" not in doc and "\x1b" not in doc and "\x07" not in doc
     plain = bundle["text/plain"].splitlines()
     assert not [line for line in plain if line.startswith("fake")]
-    assert any("your machine may run: x.sh\\r\\x1b]52;c;AAAA\\x07\\nfake: all good" in line for line in plain)
-    assert "1 file changed: x.sh\\r" in bundle["text/plain"]
+    assert any("your machine may run: 'x.sh\\r\\x1b]52;c;AAAA\\x07\\nfake: all good'" in line for line in plain)
+    assert "1 file changed: 'x.sh\\r" in bundle["text/plain"]
 
 
 def test_a_notice_stays_on_one_line_even_unescaped() -> None:
