@@ -19,7 +19,7 @@ from .config import PimagicSettings, load_settings, trust_env_file
 from .errors import PimagicError, SandboxError
 from .render import clean
 from .sandbox import Sandbox, docker_client, list_sandboxes, reload_if_sandbox_gone
-from .session import PI_SAFE_FLAGS, PiSession
+from .session import LEASH, PI_SAFE_FLAGS, PiSession
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -100,7 +100,8 @@ def _cmd_run(args: argparse.Namespace, settings: PimagicSettings) -> int:
 def _cmd_shell(args: argparse.Namespace, settings: PimagicSettings) -> int:
     # Not a login shell, and not the agent's ~/.bashrc: the home is the agent's to write, and a
     # planted profile would sit between you and the terminal (a key logger). Debian's rc is root's.
-    return _exec(settings, ["bash", "--noprofile", "--rcfile", "/etc/bash.bashrc", "-i"])
+    # INPUTRC too: readline would read ~/.inputrc, and a key macro there types commands for you.
+    return _exec(settings, ["bash", "--noprofile", "--rcfile", "/etc/bash.bashrc", "-i"], {"INPUTRC": "/etc/inputrc"})
 
 
 def _cmd_clean(args: argparse.Namespace, settings: PimagicSettings) -> int:
@@ -156,8 +157,8 @@ LOCK_TIMEOUT = 30.0
 
 
 def tty_command(cmd: Sequence[str]) -> list[str]:
-    """``cmd`` behind the terminal lock (for an exec with a TTY)."""
-    return [*TTY_LOCK, *cmd]
+    """``cmd`` behind the terminal lock and the session leash (for an exec with a TTY)."""
+    return [*TTY_LOCK, *LEASH, *cmd]
 
 
 @contextlib.contextmanager
@@ -190,7 +191,7 @@ def _await_lock(raw) -> bytes:
     return seen.split(TTY_LOCKED, 1)[1]
 
 
-def _exec(settings: PimagicSettings, cmd: list[str]) -> int:
+def _exec(settings: PimagicSettings, cmd: list[str], extra_env: dict[str, str] | None = None) -> int:
     """Run `cmd` in the workspace's sandbox: a TTY when we have one, plain streams otherwise."""
     sandbox = Sandbox(settings)
     sandbox.start(progress=lambda line: print(line, file=sys.stderr, flush=True))
@@ -199,7 +200,7 @@ def _exec(settings: PimagicSettings, cmd: list[str]) -> int:
     relay.relay_local_providers(settings, sandbox.client)
     PiSession(settings, client=sandbox.client).configure_pi()  # PIMAGIC_MODEL / _THINKING as in notebooks
     tty = sys.stdin.isatty() and sys.stdout.isatty()
-    env = {"TERM": os.environ.get("TERM", "xterm-256color")}
+    env = {"TERM": os.environ.get("TERM", "xterm-256color"), **(extra_env or {})}
     if not tty:
         exec_id, sock = sandbox.exec_socket(cmd, environment=env)
     else:

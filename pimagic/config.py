@@ -359,16 +359,16 @@ def _env_file_values(
     from . import envtrust
 
     path = Path(env_file) if env_file else settings.workspace_path / ".env"
-    if not os.path.lexists(path):
-        if env_file:
-            raise ConfigError("env_file", str(env_file), "no such file")
+    if not env_file and not os.path.lexists(path):  # the folder is resolved: lstat of one name
         return {}, [], str(path)
-    if not envtrust.in_workspace(path, settings.workspace_path):
-        return read_env_file(path), [], str(path)  # the user's own file on the host: all keys
-    verdict = envtrust.check(path, settings)
+    verdict = envtrust.check(path, settings)  # any file a sandbox could write, not only the workspace's
+    if verdict.missing:  # an --env-file: its path is walked without following a sandbox's symlink
+        raise ConfigError("env_file", str(env_file), "no such file")
     if not verdict.trusted:
         return _tightening_only(verdict), [envtrust.refusal_note(verdict, _key_names(verdict))], str(path)
     values = parse_env(verdict.env.data, path)  # type: ignore[union-attr]
+    if not verdict.writable:
+        return values, [], str(path)  # the user's own file on the host: all keys
     host_only = sorted(k for k in values if k in envtrust.HOST_ONLY_KEYS)
     notes = [envtrust.host_only_note(path, host_only)] if host_only else []
     return {k: v for k, v in values.items() if k not in envtrust.HOST_ONLY_KEYS}, notes, str(path)
@@ -407,19 +407,19 @@ def trust_env_file(
     from . import envtrust
 
     path = Path(env_file) if env_file else settings.workspace_path / ".env"
-    if not os.path.lexists(path):
+    verdict = envtrust.check(path, settings)
+    if verdict.missing:
         raise ConfigError(str(path), None, "no such file", hint="write the .env first, then trust it")
-    if not envtrust.in_workspace(path, settings.workspace_path):
-        raise ConfigError(str(path), None, "outside the workspace: it is always loaded, nothing to trust")
-    if os.path.realpath(path) != os.path.abspath(path):
-        raise ConfigError(str(path), None, "reached through a symlink (not followed)",
-                          hint="replace the symlink with the file itself")
-    env = envtrust.read_env(path)
+    if not verdict.writable:
+        raise ConfigError(str(path), None, "outside every sandbox's folder: it is always loaded, nothing to trust")
+    if verdict.env is None:  # a symlink inside the folder, a FIFO, unreadable...: nothing to vouch for
+        raise ConfigError(str(path), None, verdict.reason, hint="replace it with a plain file, then trust it")
+    env = verdict.env
     values = parse_env(env.data, path)
     host_only = sorted(k for k in values if k in envtrust.HOST_ONLY_KEYS)
     loaded = {k: v for k, v in values.items() if k in _ENV_KEYS and k not in envtrust.HOST_ONLY_KEYS}
     apply_env(PimagicSettings(workspace=settings.workspace), loaded, str(path))  # a bad value: record nothing
-    digest = envtrust.accept(envtrust.state_dir(settings), env.data)
+    digest = envtrust.accept(env.path, env.data)
     apply_env(settings, loaded, str(path))
     apply_env(settings, environ if environ is not None else os.environ, "the environment")
     settings.env_notes = ()

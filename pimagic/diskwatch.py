@@ -1,97 +1,61 @@
-"""How much a folder has grown since a baseline, kept current from file events.
+"""How much the disk holding the workspace filled since a baseline, polled with statvfs.
 
-The workspace is a bind mount with no quota of its own: the sandbox can fill the host's disk
-at its full speed. The kernel-side bound is the `fsize` ulimit (one file); this module bounds
-the total. It counts allocated blocks (`st_blocks`), so sparse files cost nothing and
-`fallocate` counts in full. One walk at start() records every entry's size; after that only
-the paths that file events name are stat'ed again (plus, every `poll` seconds, the paths that
-changed in the last `hot_seconds`: writes through a shared mmap raise no event). When the
-kernel's event queue overflowed (events lost) the folder is walked again; when watching stops
-working (e.g. no inotify watch left for a new directory) the watch fails closed: it reports the
-limit as exceeded, with `failure` saying why. Nothing here follows a symlink: every stat is an
-lstat, and symlinked directories are not walked.
+The workspace is a bind mount with no quota of its own: the sandbox can fill the host's disk at
+its full speed. The kernel-side bound is the `fsize` ulimit (one file); this module bounds the
+total. It asks the kernel how full each filesystem holding a watched folder is (`statvfs`:
+used blocks and used inodes) every `poll` seconds and trips when either grew past its bound.
+
+Why the whole filesystem rather than the folder's files: nothing the sandbox does can hide a
+block or an inode from the filesystem's own counters (no event to suppress, as with a shared
+mmap; no tree to walk, so no symlink to follow out of the folder and no directory too private to
+list; no inotify watch to run out of), and each poll costs O(1) whatever the folder holds. The
+price: every writer to that filesystem counts, the host's own processes included.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
-import time
-import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
-
-from watchdog.events import (
-    DirCreatedEvent,
-    DirDeletedEvent,
-    DirModifiedEvent,
-    DirMovedEvent,
-    FileClosedEvent,
-    FileCreatedEvent,
-    FileDeletedEvent,
-    FileModifiedEvent,
-    FileMovedEvent,
-    FileSystemEvent,
-    FileSystemEventHandler,
-)
-from watchdog.observers import Observer
+from typing import Any
 
 from .errors import DiskLimitError
 
-_EVENTS: list[type[FileSystemEvent]] = [
-    FileCreatedEvent, FileModifiedEvent, FileClosedEvent, FileDeletedEvent, FileMovedEvent,
-    DirCreatedEvent, DirModifiedEvent, DirDeletedEvent, DirMovedEvent,
-]
-HOT_LIMIT = 4096  # most recently changed paths re-stat'ed by the poll
-_LIVE: weakref.WeakSet[DiskWatch] = weakref.WeakSet()
+# New inodes one cell may use. An ext4 disk gets one inode per 16 KiB, so a small disk (64 GiB)
+# has ~4M: a million empty files uses a quarter of that while costing almost no blocks. A large
+# git checkout or node_modules tree makes ~100k files, so legitimate work stays far below it.
+INODE_LIMIT = 1_000_000
+# Overshoot is the writer's rate times the interval (fallocate runs at ~2 GB/s here): 50 ms keeps
+# it near 100 MiB, and a statvfs per filesystem 20 times a second costs next to nothing.
+POLL_SECONDS = 0.05
 
 
-class _OverflowSignal(logging.Handler):
-    """watchdog reports a kernel queue overflow (events lost) only in its log: walk again then."""
+class DiskWatch:
+    """Growth of the filesystems holding `root` (and the `also` roots: the sandbox's other host
+    mounts) in used bytes and inodes; `on_exceed(growth)` runs once when bytes pass `limit` or
+    inodes pass `INODE_LIMIT`.
 
-    def emit(self, record: logging.LogRecord) -> None:
-        if "overflow" in record.getMessage().lower():
-            for watch in list(_LIVE):
-                watch.lost.set()
-
-
-logging.getLogger("watchdog.observers").addHandler(_OverflowSignal(logging.WARNING))
-
-
-def allocated(path: str) -> int | None:
-    """Bytes allocated to `path` itself (never a symlink's target); None if it is gone."""
-    try:
-        return os.lstat(path).st_blocks * 512
-    except OSError:
-        return None
-
-
-class DiskWatch(FileSystemEventHandler):
-    """Growth of `root` (and any `also` roots: the sandbox's other host mounts) in allocated
-    bytes; `on_exceed(growth)` runs once when it passes `limit`.
-
-    start() after stop() walks again and keeps the first baseline, so growth while the watch
-    was stopped still counts; reset() starts a new baseline (after the user was told)."""
+    start() after stop() keeps the baseline, so growth while stopped still counts; reset()
+    starts a new one. `statvfs` is the seam tests replace."""
 
     def __init__(
         self, root: Path, limit: int, on_exceed: Callable[[int], None], *,
-        also: Sequence[Path] = (), poll: float = 0.5, hot_seconds: float = 30.0,
+        also: Sequence[Path] = (), poll: float = POLL_SECONDS, statvfs: Callable[[str], Any] = os.statvfs,
     ) -> None:
         self.roots = [str(root), *(str(r) for r in also)]
         self.limit = limit
         self.on_exceed = on_exceed
         self.poll = poll
-        self.hot_seconds = hot_seconds
-        self.exceeded_by: int | None = None  # the growth that tripped the limit, once it did
-        self.failure: str | None = None  # why the watch stopped working, if it did (fails closed)
-        self.lost = threading.Event()  # events were lost: walk again
+        self._statvfs = statvfs
+        self.exceeded_by: int | None = None  # the byte growth when the bound tripped, once it did
+        self.tripped_on: str | None = None  # "bytes" or "inodes"
+        self.failure: str | None = None  # why measuring stopped working, if it did (fails closed)
+        self.trips = 0  # how many times the bound tripped: lets the caller tell a new trip from a shown one
         self._lock = threading.RLock()
-        self._sizes: dict[str, int] = {}
-        self._hot: dict[str, float] = {}  # path -> when an event last named it
-        self._total = 0
-        self._baseline: int | None = None
-        self._observer = None
+        self._paths: list[str] = []  # one root per filesystem
+        self._used: tuple[int, int] = (0, 0)  # bytes, inodes at the last poll
+        self._baseline: tuple[int, int] | None = None
         self._stopping = threading.Event()
         self._poller: threading.Thread | None = None
 
@@ -99,56 +63,54 @@ class DiskWatch(FileSystemEventHandler):
 
     @property
     def running(self) -> bool:
-        return self._observer is not None
+        return self._poller is not None
 
     def start(self) -> None:
-        """Watch first, then walk, so nothing written during the walk is missed."""
         if self.running:
             return
-        observer = Observer()
         try:
-            for root in self.roots:
-                observer.schedule(self, root, recursive=True, event_filter=_EVENTS)
-            observer.start()
-        except OSError as e:  # e.g. fs.inotify.max_user_watches reached
+            self._paths = self._one_per_filesystem()
+            used = self._measure()
+        except OSError as e:
             raise DiskLimitError(
-                f"cannot watch {', '.join(self.roots)} for growth: {e}",
-                hint="raise fs.inotify.max_user_watches (sysctl), or set PIMAGIC_WRITE_LIMIT=0 "
-                "to rely on the per-file bound alone",
+                f"cannot measure the disk holding {', '.join(self.roots)}: {e}",
+                hint="check that the folder exists, or set PIMAGIC_WRITE_LIMIT=0 to rely on the per-file bound alone",
             ) from None
-        self._observer = observer
         with self._lock:
-            self._sizes.clear()
-            self._total = 0
-            for root in self.roots:
-                self._walk(root)
+            self._used = used
             if self._baseline is None:
-                self._baseline = self._total
+                self._baseline = used
         self._stopping.clear()
-        _LIVE.add(self)
         self._poller = threading.Thread(target=self._poll_loop, name="pimagic-diskwatch", daemon=True)
         self._poller.start()
         self._check()
 
     def stop(self) -> None:
-        observer, self._observer = self._observer, None
-        _LIVE.discard(self)
         self._stopping.set()
-        if observer is not None:
-            observer.stop()
-            observer.join(timeout=5)
-        if self._poller is not None:
-            self._poller.join(timeout=5)
-            self._poller = None
+        poller, self._poller = self._poller, None
+        if poller is not None and poller is not threading.current_thread():
+            poller.join(timeout=5)
 
     def reset(self) -> None:
-        """A new baseline (the current size, or the next start()'s walk); the limit may trip again."""
-        if self.failure is not None:  # blind: the next start() watches afresh
-            self.stop()
+        """A new baseline (now); the bound may trip again. If the disk cannot be measured, the
+        bound trips instead."""
         with self._lock:
-            self._baseline = self._total if self.running else None
-            self.exceeded_by = None
-            self.failure = None
+            try:
+                self._used = self._measure()
+            except OSError as e:
+                self.exceeded_by = None
+                self._fail(f"statvfs failed: {e}")
+                return
+            self._baseline = self._used
+            self.exceeded_by = self.tripped_on = self.failure = None
+
+    def reset_if_clear(self) -> bool:
+        """reset() unless the bound has tripped (that trip must reach the user first)."""
+        with self._lock:
+            if self.exceeded_by is not None:
+                return False
+            self.reset()
+            return True
 
     def set_limit(self, limit: int) -> None:
         """A changed setting takes effect at once; the baseline stays."""
@@ -157,90 +119,70 @@ class DiskWatch(FileSystemEventHandler):
 
     @property
     def growth(self) -> int:
+        """Bytes used now minus at the baseline (negative when space was freed)."""
         with self._lock:
-            return self._total - (self._baseline if self._baseline is not None else self._total)
+            return self._used[0] - (self._baseline or self._used)[0]
 
-    # --- accounting --------------------------------------------------------------
-
-    def _set(self, path: str, size: int | None) -> None:
-        old = self._sizes.pop(path, 0)
-        if size is not None:
-            self._sizes[path] = size
-        self._total += (size or 0) - old
-
-    def _walk(self, top: str) -> None:
-        """Record `top` and everything under it (an lstat each; symlinks not followed)."""
-        self._set(top, allocated(top))
-        for dirpath, dirnames, filenames in os.walk(top, followlinks=False):
-            for name in dirnames + filenames:
-                path = os.path.join(dirpath, name)
-                self._set(path, allocated(path))
-
-    def _forget_under(self, top: str) -> None:
-        prefix = top.rstrip(os.sep) + os.sep
-        for path in [p for p in self._sizes if p.startswith(prefix)]:
-            self._set(path, None)
-
-    def on_any_event(self, event: FileSystemEvent) -> None:
-        src = os.fsdecode(event.src_path)
+    @property
+    def files_growth(self) -> int:
+        """Inodes used now minus at the baseline."""
         with self._lock:
-            if isinstance(event, (DirMovedEvent, DirDeletedEvent)):
-                self._forget_under(src)
-            self._set(src, allocated(src))
-            self._touch(src)
-            dest = os.fsdecode(event.dest_path) if getattr(event, "dest_path", "") else ""
-            if dest:
-                if isinstance(event, DirMovedEvent):
-                    self._walk(dest)  # its content arrived without events of its own
-                self._set(dest, allocated(dest))
-                self._touch(dest)
-            elif isinstance(event, DirCreatedEvent):
-                self._walk(src)  # files made before the new directory's watch was added
-        self._check()
+            return self._used[1] - (self._baseline or self._used)[1]
 
-    def _touch(self, path: str) -> None:
-        """Mark `path` recently changed; the dict stays in recency order, so the oldest goes first."""
-        self._hot.pop(path, None)
-        self._hot[path] = time.monotonic()
-        if len(self._hot) > HOT_LIMIT:
-            del self._hot[next(iter(self._hot))]
+    # --- measuring --------------------------------------------------------------
+
+    def _one_per_filesystem(self) -> list[str]:
+        """The roots, one per st_dev: two folders on one disk must not count its growth twice."""
+        seen: dict[int, str] = {}
+        for root in self.roots:
+            seen.setdefault(os.stat(root).st_dev, root)
+        return list(seen.values())
+
+    def _measure(self) -> tuple[int, int]:
+        used_bytes = used_files = 0
+        for path in self._paths:
+            st = self._statvfs(path)
+            used_bytes += (st.f_blocks - st.f_bfree) * st.f_frsize
+            used_files += max(st.f_files - st.f_ffree, 0)  # btrfs reports 0/0: no inode table to exhaust
+        return used_bytes, used_files
+
+    def _refresh(self) -> None:
+        """The current usage; when the kernel cannot say, the bound fails closed."""
+        try:
+            used = self._measure()
+        except OSError as e:
+            self._fail(f"statvfs failed: {e}")
+            return
+        with self._lock:
+            self._used = used
 
     def _poll_loop(self) -> None:
         while not self._stopping.wait(self.poll):
-            observer = self._observer
-            if observer is not None and not all(e.is_alive() for e in observer.emitters):
-                self._fail("the folder's file events stopped (too many directories for inotify?)")
-                return
-            cutoff = time.monotonic() - self.hot_seconds
-            with self._lock:
-                if self.lost.is_set():  # the kernel dropped events: recount everything once
-                    self.lost.clear()
-                    self._sizes.clear()
-                    self._total = 0
-                    for root in self.roots:
-                        self._walk(root)
-                for path, seen in list(self._hot.items()):
-                    if seen < cutoff:
-                        del self._hot[path]
-                    else:
-                        self._set(path, allocated(path))
+            self._refresh()
             self._check()
 
     def _fail(self, why: str) -> None:
-        """Blind from now on: report the limit as reached rather than let growth go uncounted."""
+        """Blind from now on: report the bound as reached rather than let growth go uncounted."""
         with self._lock:
-            if self.exceeded_by is not None or self._stopping.is_set():  # stop() ends the emitters too
+            if self.exceeded_by is not None or self._stopping.is_set():
                 return
             self.failure = why
             self.exceeded_by = max(self.growth, 0)
+            self.tripped_on = "bytes"
+            self.trips += 1
         self.on_exceed(self.exceeded_by)
 
     def _check(self) -> None:
         with self._lock:
             if self.exceeded_by is not None or self.limit <= 0:
                 return
-            growth = self.growth
-            if growth <= self.limit:
+            growth, files = self.growth, self.files_growth
+            if growth > self.limit:
+                self.tripped_on = "bytes"
+            elif files > INODE_LIMIT:
+                self.tripped_on = "inodes"
+            else:
                 return
             self.exceeded_by = growth
+            self.trips += 1
         self.on_exceed(growth)

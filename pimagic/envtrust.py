@@ -302,7 +302,8 @@ def _note_suspects(state: TrustState, window: Window, now: float) -> bool:
     deadline, seen, todo = time.monotonic() + WALK_MAX_SECONDS, 0, [window.folder]
     while todo:
         try:
-            entries = list(os.scandir(todo.pop()))
+            with os.scandir(todo.pop()) as found:
+                entries = list(found)
         except OSError:
             continue
         for entry in entries:
@@ -388,11 +389,11 @@ def _writable(chain: list[Dir], windows: list[Window], workspace: Path) -> bool:
 _MOUNTINFO_ESCAPE = re.compile(r"\\([0-7]{3})")
 
 
-def filesystem_type(folder: Path) -> str | None:
+def filesystem_type(folder: Path, mountinfo: str | None = None) -> str | None:
     """The filesystem type of the mount holding `folder` (longest mount-point prefix in
     /proc/self/mountinfo); None where that cannot be read (not Linux)."""
     try:
-        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+        lines = (mountinfo if mountinfo is not None else Path("/proc/self/mountinfo").read_text()).splitlines()
     except OSError:
         return None
     best, kind = "", None
@@ -431,6 +432,7 @@ class Verdict:
     reason: str  # why not (empty when trusted)
     env: EnvFile | None = None  # the bytes the verdict is about (None: not a readable regular file)
     writable: bool = True  # a sandbox could write it (False: the user's own file, all keys load)
+    missing: bool = False  # no such file (found without following a sandbox's symlink)
 
 
 def read_env(path: Path) -> EnvFile:
@@ -487,6 +489,8 @@ def check(path: Path, settings: _Settings) -> Verdict:
         chain, real = locate(path, windows, workspace)
     except _Refused as e:
         return Verdict(path, False, str(e))
+    except FileNotFoundError:
+        return Verdict(path, False, "no such file", missing=True)
     except OSError as e:
         return Verdict(path, False, e.strerror or str(e))
     if not _writable(chain, windows, workspace):

@@ -371,43 +371,74 @@ class Sandbox:
     def _record_running(self, container, started_at: float | None = None) -> None:
         """Open the container's write window in the host-only trust state (see pimagic.envtrust).
         Fails the start when it cannot: an unrecorded window would let a planted `.env` load."""
-        if started_at is None:
-            started_at = envtrust.parse_engine_time(container.attrs.get("State", {}).get("StartedAt"))
-        directory = envtrust.state_dir(self.settings)
+        if started_at is None:  # joined: the engine's StartedAt, on the host's clock
+            if any(w.container == container.id for w in envtrust.open_windows()):
+                return  # already recorded (every cell joins): no engine round trip, no write
+            engine = envtrust.parse_engine_time(container.attrs.get("State", {}).get("StartedAt"))
+            skew = self._engine_skew()
+            started_at = 0.0 if engine is None or skew is None else engine - skew[0] - skew[1]
         try:
-            envtrust.record_running(directory, container.id, started_at, env_path=self._env_path())
+            envtrust.record_running(container.id, self.settings.workspace_path, started_at)
         except (OSError, PimagicError) as e:
+            directory = envtrust.state_dir()
             raise SandboxError(
                 f"could not record that the sandbox runs in {directory}: {e}", container=self.name,
-                hint=f"make {directory} writable by you (pimagic's own per-folder state)",
+                hint=f"make {directory} writable by you (pimagic's own host-only state)",
             ) from None
 
     def _record_stopped(self, container=None) -> None:
-        """Close write windows: at the engine's FinishedAt for an exited container, else now.
-        None: the container is gone (when is unknown, so now)."""
+        """Close this container's write window (only its own): at the engine's FinishedAt for an
+        exited container, moved onto the host's clock; else now. None: the folder's container is
+        gone, so check every window still open for this folder by container id."""
+        if container is None:
+            with contextlib.suppress(Exception):  # noqa: BLE001 - a window left open only makes pimagic stricter
+                self._close_gone(w for w in envtrust.open_windows() if w.folder == str(self.settings.workspace_path))
+            return
         finished = None
-        if container is not None and container.status in ("exited", "dead"):
-            finished = envtrust.parse_engine_time(container.attrs.get("State", {}).get("FinishedAt"))
+        if container.status in ("exited", "dead"):
+            finished = self._host_time(envtrust.parse_engine_time(container.attrs.get("State", {}).get("FinishedAt")))
         with contextlib.suppress(OSError, PimagicError):  # a window left open only makes pimagic stricter
-            envtrust.record_stopped(
-                envtrust.state_dir(self.settings), getattr(container, "id", None), finished, env_path=self._env_path()
-            )
+            envtrust.record_stopped(container.id, finished)
 
-    def _env_path(self) -> Path:
-        return self.settings.workspace_path / ".env"
+    def _engine_skew(self) -> tuple[float, float] | None:
+        """(engine clock - host clock, uncertainty) in seconds; None when it cannot be measured
+        (Docker Desktop's VM clock drifts after sleep: its timestamps are not the host's)."""
+        try:
+            before = time.time()
+            engine = envtrust.parse_engine_time(self.client.info().get("SystemTime"))
+            after = time.time()
+        except Exception:  # noqa: BLE001 - docker-py or the engine failing: unknown, the safe side
+            return None
+        if engine is None:
+            return None
+        return engine - (before + after) / 2, (after - before) / 2 + 0.01
+
+    def _host_time(self, engine_time: float | None) -> float | None:
+        """An engine timestamp as the latest host time it may stand for; None (= now) when unknown."""
+        skew = self._engine_skew() if engine_time is not None else None
+        return None if skew is None or engine_time is None else engine_time - skew[0] + skew[1]
+
+    def _close_gone(self, windows) -> bool:
+        """Close each window whose container (looked up by id) no longer runs. True when one closed."""
+        import docker.errors
+
+        closed = False
+        for w in list(windows)[:64]:
+            try:
+                container = self.client.containers.get(w.container)
+            except docker.errors.NotFound:
+                envtrust.record_stopped(w.container, None)
+                closed = True
+                continue
+            if container.status not in ("running", "paused", "restarting", "created"):
+                self._record_stopped(container)
+                closed = True
+        return closed
 
     def close_stale_windows(self) -> bool:
-        """Close the write window of a container that stopped or vanished while no kernel watched
-        (idle exit, `docker rm`): a `.env` written since then is the user's. True when one closed."""
-        directory = envtrust.state_dir(self.settings)
-        if not envtrust.has_open_window(directory):
-            return False
-        container = self.find()
-        state = self._settle(container) if container is not None else None
-        if state in ("running", "paused", "restarting", "created"):
-            return False
-        self._record_stopped(container if state is not None else None)
-        return not envtrust.has_open_window(directory)
+        """Close the write windows of containers that stopped or vanished while no kernel watched
+        (idle exit, `docker rm`), for any folder: a `.env` written since then is the user's."""
+        return self._close_gone(envtrust.open_windows())
 
     def running(self):
         """The running container, or a SandboxError saying it is gone."""

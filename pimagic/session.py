@@ -19,7 +19,7 @@ from typing import Any
 
 from . import piconfig
 from .config import PimagicSettings
-from .diskwatch import DiskWatch
+from .diskwatch import INODE_LIMIT, DiskWatch
 from .errors import DiskLimitError, PimagicError, RpcError, SandboxError
 from .rpc import RpcClient, SocketTransport
 from .sandbox import IDLE_EXIT_CODE, Sandbox
@@ -30,6 +30,10 @@ READY_TIMEOUT = 90.0
 # the agent writes: an extension planted there would run inside every later pi (other notebooks'
 # included) and could forge their output or ask pi for its keys. None of it is discovered.
 PI_SAFE_FLAGS = ("--no-extensions", "--no-skills", "--no-prompt-templates", "--no-themes", "--no-approve")
+# Every session runs behind container/leash/leash.c: the idle supervisor counts it, never pi itself,
+# and --hup ends pi when this kernel's channel hangs up even if pi stopped reading (a FIFO the
+# agent put in place of its session file), so a detached or dead kernel leaves nothing attached.
+LEASH = ("/usr/local/lib/pimagic/leash", "--hup")
 
 
 def _slug(text: str) -> str:
@@ -61,7 +65,9 @@ class PiSession:
         self.notes: list[str] = []  # what happened to the sandbox since the last turn
         self._masked: set[Path] = set()  # secret files hidden when the container started
         self._diskwatch: DiskWatch | None = None  # the workspace's growth while this session uses a sandbox
-        self._disk_reported = True  # the last trip of the write limit has been shown to the user
+        self._disk_shown = 0  # how many of the watch's trips the user has been shown
+        self._in_turn = False  # a turn's events are being read (a trip then is "during this cell")
+        self._disk_trip_in_turn = False
 
     # --- persisted conversation identity -----------------------------------
 
@@ -115,7 +121,7 @@ class PiSession:
         self._container_id = container.id
         self.configure_pi()
         self._relay_local_providers()
-        cmd = ["pi", "--mode", "rpc", *PI_SAFE_FLAGS, "--session-id", self.session_id]
+        cmd = [*LEASH, "pi", "--mode", "rpc", *PI_SAFE_FLAGS, "--session-id", self.session_id]
         _, sock = self.sandbox.exec_socket(cmd)
         rpc = RpcClient(SocketTransport(sock))
         try:
@@ -150,7 +156,7 @@ class PiSession:
     def _note_loss(self) -> None:
         container = self.sandbox.find()
         if self._diskwatch is not None and self._diskwatch.exceeded_by is not None:
-            self._disk_reported = True
+            self._disk_shown = self._diskwatch.trips
             what = self._disk_message()
         elif container is None:
             what = "the sandbox container was removed"
@@ -181,7 +187,8 @@ class PiSession:
     # --- workspace write limit ------------------------------------------------------
 
     def _watch_disk(self) -> None:
-        """Keep the workspace's growth watch running while this session uses a sandbox."""
+        """Keep the disk-fill poll running while this session uses a sandbox (between cells too:
+        a background process the agent left can write then)."""
         limit = self.settings.write_limit_bytes
         if limit <= 0:  # no bound: no watch
             if self._diskwatch is not None:
@@ -193,10 +200,11 @@ class PiSession:
             self._diskwatch = DiskWatch(
                 self.settings.workspace_path, limit, _weak_call(self._on_disk_limit), also=[self.settings.pi_data_path]
             )
-            weakref.finalize(self, self._diskwatch.stop)  # a dropped session frees its inotify instance
+            self._disk_shown = 0
+            weakref.finalize(self, self._diskwatch.stop)  # a dropped session ends its poll thread
         elif self._diskwatch.exceeded_by is not None:  # the user was told (or is, now): a new baseline
             if self._disk_unreported():
-                self._disk_reported = True
+                self._disk_shown = self._diskwatch.trips
                 self.notes.append(self._disk_message())
             self._diskwatch.reset()
         self._diskwatch.set_limit(limit)
@@ -204,43 +212,52 @@ class PiSession:
 
     def _on_disk_limit(self, growth: int) -> None:
         """Over the limit (on the watcher's thread): kill the sandbox, so every writer dies now."""
-        self._disk_reported = False
+        self._disk_trip_in_turn = self._in_turn
         with contextlib.suppress(Exception):
             self.sandbox.kill()
 
     def _disk_unreported(self) -> bool:
-        return self._diskwatch is not None and self._diskwatch.exceeded_by is not None and not self._disk_reported
+        watch = self._diskwatch
+        return watch is not None and watch.exceeded_by is not None and watch.trips != self._disk_shown
 
     def _disk_message(self) -> str:
         watch = self._diskwatch
+        limit = f"workspace_write_limit={self.settings.workspace_write_limit}"
+        stopped = "stopped the sandbox and every process in it (the files are kept)"
         if watch is not None and watch.failure:
-            return (
-                f"pimagic could no longer watch the workspace's growth ({watch.failure}), so it enforces "
-                f"workspace_write_limit={self.settings.workspace_write_limit} by stopping the sandbox and every "
-                "process in it (the files are kept)"
-            )
+            return (f"pimagic could no longer measure the disk that holds the workspace ({watch.failure}), "
+                    f"so it enforces {limit} by stopping the sandbox: {stopped}")
+        when = "during this cell" if self._disk_trip_in_turn else "after the last cell ended"
+        # The whole disk is measured (the one bound the agent cannot evade): say that others count.
+        whose = "by any writer, the sandbox or another program on this machine"
+        if watch is not None and watch.tripped_on == "inodes":
+            return (f"{watch.files_growth} new files and folders appeared on the disk that holds the workspace "
+                    f"{when} ({whose}), more than the {INODE_LIMIT} allowed per cell: {stopped}")
         growth = max(watch.exceeded_by or 0, watch.growth) if watch else 0  # what landed, overshoot included
-        return (
-            f"the workspace (with pi's data dir) grew by {growth / 2**20:.0f} MiB in this cell, more than "
-            f"workspace_write_limit={self.settings.workspace_write_limit}: stopped the sandbox and every "
-            "process in it (the files are kept)"
-        )
+        return (f"the disk that holds the workspace (and pi's data dir) filled by {growth / 2**20:.0f} MiB {when} "
+                f"({whose}), more than {limit}: {stopped}")
 
     def _bounded(self, events: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-        """A turn's events; a trip of the write limit during the turn ends it with DiskLimitError."""
+        """A turn's events; a trip of the write limit during the turn ends it with DiskLimitError.
+        A turn that ends clear starts a new baseline: the gap until the next cell is bounded alone."""
+        self._in_turn = True
         try:
             yield from events
         except PimagicError:
             if not self._disk_unreported():
                 raise
+        finally:
+            self._in_turn = False
         if self._disk_unreported():
-            self._disk_reported = True
+            self._disk_shown = self._diskwatch.trips if self._diskwatch is not None else 0
             raise DiskLimitError(
                 self._disk_message(),
                 hint="delete what you do not need, or raise the limit (PIMAGIC_WRITE_LIMIT, or "
                 "%config PimagicSettings.workspace_write_limit = '8g'; 0 keeps only the per-file bound); "
                 "the next cell starts a new sandbox",
             )
+        if self._diskwatch is not None:
+            self._diskwatch.reset_if_clear()
 
     def configure_pi(self) -> None:
         """Write pimagic's defaults into the host-owned settings.json (merged, never clobbered)
@@ -284,10 +301,9 @@ class PiSession:
         rpc = self.ensure(progress=progress)
         if self._diskwatch is not None and self.settings.write_limit_bytes > 0:
             self._diskwatch.set_limit(self.settings.write_limit_bytes)  # %config between cells
-            if self._diskwatch.exceeded_by is None:
-                # The bound is per cell: what the user's own code wrote into the folder between
-                # cells (a downloaded data set) must not add up into a kill many cells later.
-                self._diskwatch.reset()
+            # The bound is per cell: what the user's own code wrote between cells (a downloaded
+            # data set) must not add up into a kill many cells later. A trip not yet shown stays.
+            self._diskwatch.reset_if_clear()
         # No idle limit: a quiet tool (a long `sleep`, a model load) is legitimate; the turn's
         # overall timeout bounds it, and a dead pi or container ends the stream at once.
         return self._bounded(rpc.prompt(message, timeout=timeout, tick=tick, event_timeout=None))
@@ -316,7 +332,7 @@ class PiSession:
 
     def close(self) -> None:
         """End this conversation's pi process; the container keeps running for others.
-        The growth watch stops too; the next ensure() walks the folder again, same baseline."""
+        The disk-fill poll stops too; the next ensure() resumes it with the same baseline."""
         if self._diskwatch is not None:
             self._diskwatch.stop()
         if self.rpc is not None:

@@ -11,8 +11,10 @@ is that same path: once vouched for, the very file the agent wrote does take eff
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -66,6 +68,13 @@ def _attack(how: str, *, delay: int = 0) -> str:
 ATTACKS = {how: _attack(how) for how in ("rename", "link", "env-new")}
 
 
+@pytest.fixture(autouse=True)
+def own_trust_state(tmp_path, monkeypatch):
+    """This test's own machine-wide trust state (the session's data root is shared by every test,
+    and the suspect ledger remembers contents across folders by design)."""
+    monkeypatch.setenv("PIMAGIC_DATA_ROOT", str(tmp_path))
+
+
 @pytest.fixture
 def kernel1(settings, scripted, pi_magics):
     """The first kernel: paranoid on, as the user's ipython_config.py says."""
@@ -74,7 +83,7 @@ def kernel1(settings, scripted, pi_magics):
 
 
 @pytest.fixture
-def new_kernel(settings, workspace, monkeypatch):
+def new_kernel(settings, workspace, monkeypatch, docker_client):
     """Start a NEW kernel for the same folder the way a notebook does: `%load_ext pimagic` with
     the folder as cwd and paranoid mode from the IPython config (which a `.env` would override)."""
     from IPython.core.interactiveshell import InteractiveShell
@@ -86,9 +95,14 @@ def new_kernel(settings, workspace, monkeypatch):
     ip.config.PimagicSettings.clear()
     started = []
 
-    def start():
-        monkeypatch.chdir(workspace)
-        monkeypatch.setenv("PIMAGIC_PI_DATA_DIR", settings.pi_data_dir)
+    def start(cwd: Path | None = None):
+        """A kernel for `cwd` (default: the test's workspace, sharing its pi data dir; elsewhere:
+        the folder's own default pi data dir, as a notebook kept there gets)."""
+        monkeypatch.chdir(cwd or workspace)
+        if cwd is None:
+            monkeypatch.setenv("PIMAGIC_PI_DATA_DIR", settings.pi_data_dir)
+        else:
+            monkeypatch.delenv("PIMAGIC_PI_DATA_DIR", raising=False)
         monkeypatch.setenv("PIMAGIC_IMAGE", settings.image)
         ip.config.PimagicSettings.paranoid = True
         out = io.StringIO()
@@ -102,6 +116,9 @@ def new_kernel(settings, workspace, monkeypatch):
     for magics in started:
         if magics._session is not None:
             magics._session.close()
+        if magics.settings.workspace_path != settings.workspace_path:
+            with contextlib.suppress(Exception):
+                docker_client.containers.get(magics.settings.container_name).remove(force=True)
         if magics.settings in ip.configurables:
             ip.configurables.remove(magics.settings)
     pimagic._magics = None
@@ -152,6 +169,143 @@ def test_agent_written_env_is_not_loaded_by_the_next_kernel(
     assert_refused(text, workspace)  # ... and in the next %%pi cell
     assert pids_limit(docker_client, settings) == SAFE_PIDS
     assert "did not load" not in run_cell(magics, scripted)  # said once, not in every cell
+
+
+def _plant_at(where: str, data: str = PLANTED, name: str = ".env") -> str:
+    """The agent writes `where/name` (a path below /workspace) with a raw renameat."""
+    body = f"""
+import ctypes, os, platform
+libc = ctypes.CDLL(None, use_errno=True)
+nr = {{"x86_64": 264, "aarch64": 38}}[platform.machine()]
+os.makedirs("/workspace/{where}", exist_ok=True)
+open("/workspace/{where}/planted.tmp", "w").write({data!r})
+rc = libc.syscall(nr, -100, b"/workspace/{where}/planted.tmp", -100, b"/workspace/{where}/{name}")
+assert rc == 0, ctypes.get_errno()
+print("planted", {where!r}, {name!r})
+"""
+    return f"cat > /tmp/plant2.py <<'EOF'{body}EOF\npython3 /tmp/plant2.py"
+
+
+def test_a_folders_sandbox_cannot_plant_a_subfolders_env(
+    kernel1, new_kernel, scripted, settings, workspace, docker_client, model_server
+):
+    """Red team F1: the sandbox of the project writes `notebooks/.env`; the user opens a notebook
+    kept in `notebooks/` (Jupyter's cwd: that folder is the new kernel's workspace)."""
+    from pimagic.offline import use_scripted_model
+
+    hostile = PLANTED + "PIMAGIC_SECRET_PATTERNS=none\n"
+    out = run_cell(kernel1, scripted, call("bash", command=_plant_at("notebooks", hostile)), say("done"))
+    sub = workspace / "notebooks"
+    assert (sub / ".env").read_text() == hostile, f"the attack itself must work: {out[-1500:]}"
+    kernel1.shell.run_line_magic("pi", "stop")
+    (sub / "deploy.pem").write_text("CANARY-PRIVATE-KEY-h2b\n")  # the user's secret in that folder
+
+    magics, load_out = new_kernel(sub)
+    s = magics.settings
+    assert (s.workspace_path, s.paranoid, s.pids_limit) == (sub, True, SAFE_PIDS), LAYER
+    assert "*.pem" in s.secret_patterns
+    assert f"did not load {sub / '.env'}" in load_out and "PIMAGIC_SECRET_PATTERNS" in load_out
+    use_scripted_model(s, model_server)
+    text = run_cell(magics, scripted, call("bash", command="cat /workspace/deploy.pem; echo; true"), say("ok"))
+    assert "CANARY-PRIVATE-KEY-h2b" not in text
+    assert docker_client.containers.get(s.container_name).attrs["HostConfig"]["PidsLimit"] == SAFE_PIDS
+
+
+def test_allowed_a_subfolders_env_written_after_the_parents_sandbox_stopped_loads(
+    kernel1, new_kernel, scripted, settings, workspace
+):
+    run_cell(kernel1, scripted)
+    kernel1.shell.run_line_magic("pi", "stop")
+    time.sleep(envtrust_slack() + 0.5)
+    sub = workspace / "notebooks"
+    sub.mkdir()
+    (sub / ".env").write_text("PIMAGIC_PIDS_LIMIT=1000\n")
+    magics, load_out = new_kernel(sub)
+    assert magics.settings.pids_limit == 1000 and "did not load" not in load_out
+
+
+@pytest.mark.parametrize("how", ["mv", "cp -r"])
+def test_a_refused_env_stays_refused_when_the_user_moves_or_copies_the_project(
+    how, kernel1, new_kernel, scripted, settings, workspace, tmp_path
+):
+    """Red team F2: a rename keeps the file's ctime (the folder's inode is recorded); a copy gets a
+    fresh one (its content was remembered as suspect when the window closed)."""
+    run_cell(kernel1, scripted, call("bash", command=ATTACKS["rename"]), say("done"))
+    assert planted(workspace)
+    kernel1.shell.run_line_magic("pi", "stop")
+    kernel1.session.close()
+    dest = tmp_path / "project-renamed"
+    (os.rename if how == "mv" else shutil.copytree)(workspace, dest)
+    try:
+        magics, load_out = new_kernel(dest)
+        assert (magics.settings.paranoid, magics.settings.pids_limit) == (True, SAFE_PIDS), LAYER
+        assert f"did not load {dest / '.env'}" in load_out and "PIMAGIC_PIDS_LIMIT" in load_out
+    finally:
+        if how == "mv":
+            os.rename(dest, workspace)
+
+
+def test_another_folders_sandbox_does_not_close_this_ones_window(
+    kernel1, scripted, settings, workspace, docker_client, tmp_path
+):
+    """Red team F3: two folders share one PIMAGIC_PI_DATA_DIR; B's start and stop must not close
+    A's window while A's agent (a detached process) is still about to plant A/.env."""
+    from _support import make_workspace
+
+    from pimagic.config import load_settings
+    from pimagic.sandbox import Sandbox
+
+    run_cell(kernel1, scripted, call("bash", command=_attack("rename", delay=12)), say("ok"))
+    other = make_workspace(tmp_path / "other-project")
+    sb = load_settings(other, environ=os.environ, pi_data_dir=settings.pi_data_dir, image=settings.image)
+    box = Sandbox(sb, docker_client)
+    try:
+        box.start()
+        box.stop()
+        deadline = time.monotonic() + 40
+        while not planted(workspace) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert planted(workspace), "the background write must happen"
+        assert docker_client.containers.get(settings.container_name).status == "running"
+        s = load_settings(workspace, environ=os.environ, pi_data_dir=settings.pi_data_dir)  # `pimagic run` in A
+        assert (s.pids_limit, s.paranoid) == (SAFE_PIDS, False), LAYER
+        assert f"did not load {workspace / '.env'}" in s.env_notes[0]
+    finally:
+        with contextlib.suppress(Exception):
+            docker_client.containers.get(sb.container_name).remove(force=True)
+
+
+def test_a_hard_linked_env_file_is_not_laundered_for_the_cli(kernel1, scripted, settings, workspace):
+    """Red team F4: `--env-file config/dev.env` (in the workspace) hard-linked by the agent to a
+    second name the user deletes after the sandbox stopped: one link, fresh ctime, still refused."""
+    cmd = _plant_at("config", name="dev.env") + " && cd /workspace/config && python3 -c \"" \
+        "import ctypes; l=ctypes.CDLL(None); assert l.syscall(265, -100, b'dev.env', -100, b'x', 0) == 0\""
+    out = run_cell(kernel1, scripted, call("bash", command=cmd), say("done"))
+    env_file = workspace / "config" / "dev.env"
+    assert env_file.stat().st_nlink == 2, out[-1500:]
+    kernel1.shell.run_line_magic("pi", "stop")
+    time.sleep(envtrust_slack() + 0.5)
+    (workspace / "config" / "x").unlink()  # the user tidies up the stray file
+    assert env_file.stat().st_nlink == 1
+    env = dict(os.environ, PIMAGIC_PI_DATA_DIR=settings.pi_data_dir, PIMAGIC_IMAGE=settings.image)
+    status = subprocess.run([sys.executable, "-m", "pimagic.cli", "-w", str(workspace), "--env-file", str(env_file),
+                             "status"], capture_output=True, text=True, env=env, timeout=120)
+    assert status.returncode == 0, status.stderr
+    assert f"did not load {env_file}" in status.stderr and "this content was written while a sandbox" in status.stderr
+
+
+def test_env_example_the_agent_edited_is_refused_after_the_users_copy(
+    kernel1, new_kernel, scripted, settings, workspace
+):
+    """`cp .env.example .env` after the sandbox stopped: the content the agent wrote stays refused."""
+    run_cell(kernel1, scripted, call("bash", command=_plant_at(".", name=".env.example")), say("done"))
+    assert (workspace / ".env.example").read_text() == PLANTED
+    kernel1.shell.run_line_magic("pi", "stop")
+    time.sleep(envtrust_slack() + 0.5)
+    shutil.copy(workspace / ".env.example", workspace / ".env")
+    magics, load_out = new_kernel()
+    assert (magics.settings.paranoid, magics.settings.pids_limit) == (True, SAFE_PIDS), LAYER
+    assert "this content was written while a sandbox" in load_out
 
 
 def test_env_written_by_a_background_process_after_the_cell_is_not_loaded(
@@ -259,7 +413,7 @@ def test_cli_says_so_and_trust_env_accepts(settings, workspace, docker_client):
     """`pimagic` reads the same rule: the refused file is named on stderr; `pimagic trust-env` accepts it."""
     from pimagic import envtrust
 
-    envtrust.record_running(envtrust.state_dir(settings), "a-running-sandbox")
+    envtrust.record_running("a-running-sandbox", workspace)
     (workspace / ".env").write_text(PLANTED)
     env = dict(os.environ, PIMAGIC_PI_DATA_DIR=settings.pi_data_dir, PIMAGIC_IMAGE=settings.image)
 

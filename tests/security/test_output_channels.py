@@ -235,7 +235,15 @@ class Terminal:
     def type(self, line: str) -> None:
         os.write(self.fd, line.encode() + b"\r")
 
+    def __enter__(self) -> Terminal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fd is not None:
+            self.close()
+
     def close(self) -> int | None:
+        """Type `exit`; the CLI's exit status (None if it did not end), then the terminal is gone."""
         try:
             self.type("exit")
             end = time.monotonic() + 20
@@ -252,6 +260,7 @@ class Terminal:
             except (ProcessLookupError, ChildProcessError):
                 pass
             os.close(self.fd)
+            self.fd = None
 
 
 def probe_tty(settings, docker_client) -> dict:
@@ -263,8 +272,7 @@ def probe_tty(settings, docker_client) -> dict:
 
 @pytest.mark.parametrize("mode", ["locked", "control"])
 def test_agent_process_cannot_open_the_shells_terminal(settings, docker_client, mode):
-    term = Terminal(settings, mode)
-    try:
+    with Terminal(settings, mode) as term:
         term.expect(b"/workspace$ ")  # the prompt: the CLI's raw mode flushes anything typed before
         term.type("echo ready-$((6*7))")
         term.expect(b"ready-42")  # allowed use: the shell works on its exclusive terminal
@@ -277,32 +285,27 @@ def test_agent_process_cannot_open_the_shells_terminal(settings, docker_client, 
         term.type("echo after-$((2+3))")
         term.expect(b"after-5")
         assert term.close() == 0
-    finally:
-        if term.fd:
-            try:
-                os.close(term.fd)
-            except OSError:
-                pass
 
 
 SPINNER = textwrap.dedent(
     r"""
     import os, time
-    # Left behind by an earlier cell: waits for any new terminal and grabs it the moment it appears.
-    seen = set(os.listdir("/dev/pts"))
+    # Left behind by an earlier cell: waits for any new terminal and grabs it the moment it appears,
+    # trying again and again (runc creates the pts as root, then hands it to the exec's user).
+    before = set(os.listdir("/dev/pts"))
+    opened, logged = set(), set()
     end = time.monotonic() + 120
     while time.monotonic() < end:
-        for name in os.listdir("/dev/pts"):
-            if name in seen or name == "ptmx":
-                continue
+        for name in set(os.listdir("/dev/pts")) - before - opened - {"ptmx"}:
             try:
-                fd = os.open("/dev/pts/" + name, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+                os.open("/dev/pts/" + name, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
             except OSError as e:
-                seen.add(name)
-                open("/tmp/spinner.log", "a").write(f"{name} {e.errno}\n")
+                if (name, e.errno) not in logged:
+                    logged.add((name, e.errno))
+                    open("/tmp/spinner.log", "a").write(f"{name} {e.errno}\n")
                 continue
+            opened.add(name)
             open("/tmp/spinner.log", "a").write(f"{name} OPENED\n")
-            seen.add(name)
         open("/tmp/spinner.beat", "w").write(str(time.monotonic()))
     """
 )
@@ -325,8 +328,7 @@ def test_a_process_spinning_on_new_terminals_never_gets_the_shells(settings, doc
                                          ">/dev/null 2>&1 </dev/null & echo ok"], stdin=SPINNER.encode())
     assert code == 0, err
     time.sleep(1.0)
-    term = Terminal(settings, mode)
-    try:
+    with Terminal(settings, mode) as term:
         term.expect(b"/workspace$ ")
         term.type("echo ready-$((6*7))")
         term.expect(b"ready-42")  # allowed use: the user's line reaches the shell
@@ -341,12 +343,6 @@ def test_a_process_spinning_on_new_terminals_never_gets_the_shells(settings, doc
         else:
             assert "OPENED" in log, f"control: without freeze and lock the spinner opens it: {log!r}"
         assert term.close() == 0
-    finally:
-        if term.fd:
-            try:
-                os.close(term.fd)
-            except OSError:
-                pass
 
 
 def test_shell_does_not_run_the_agents_profile_or_rc(settings, docker_client):
@@ -356,19 +352,12 @@ def test_shell_does_not_run_the_agents_profile_or_rc(settings, docker_client):
     box.start()
     plant = "for f in .bash_profile .bash_login .profile .bashrc; do echo 'echo PLANTED-$((40+2))' > ~/$f; done"
     assert box.exec(["sh", "-c", plant])[0] == 0
-    term = Terminal(settings, "locked")
-    try:
+    with Terminal(settings, "locked") as term:
         term.expect(b"/workspace$ ")
         term.type("echo ready-$((6*7))")
         term.expect(b"ready-42")
         assert b"PLANTED-42" not in term.screen, term.screen[-2000:]
         assert term.close() == 0
-    finally:
-        if term.fd:
-            try:
-                os.close(term.fd)
-            except OSError:
-                pass
 
 
 def test_plain_exec_output_to_a_terminal_is_stripped(settings):

@@ -247,6 +247,7 @@ def test_allowed_the_bound_is_per_cell_not_per_kernel(shell, scripted, settings,
     settings.workspace_write_limit = "64m"
     assert "wrote" in cell(shell, scripted, "head -c 40M /dev/zero > agent1.bin && echo wrote")
     (workspace / "dataset.bin").write_bytes(b"\1" * (40 * MB))  # the notebook's own code, on the host
+    time.sleep(2)  # the user reads the result before the next cell (file events arrive meanwhile)
     text = cell(shell, scripted, "head -c 40M /dev/zero > agent2.bin && echo wrote")
     assert "wrote" in text and "workspace_write_limit" not in text, text[-1500:]
     assert container_state(docker_client, settings)[0] == "running"
