@@ -38,7 +38,8 @@ STATE_FILE = "env-trust.json"
 SLACK = 2.0  # seconds around each window: clock granularity and the engine's timestamps
 MAX_WINDOWS = 512  # older closed windows are merged into one span over "/" (conservative)
 MAX_ACCEPTED = 256
-MAX_SUSPECT = 4096
+MAX_SUSPECT = 16384  # oldest dropped: flushing it takes hundreds of capped windows
+WALK_MAX_SUSPECT = 64  # new suspects per window; past it the window is incomplete (see `decide`)
 WALK_MAX_ENTRIES = 200_000  # a window's folder walk stops here (and at WALK_MAX_SECONDS) ...
 WALK_MAX_SECONDS = 20.0  # ... and the window is then marked incomplete (see `decide`)
 MAX_SYMLINK_HOPS = 40
@@ -299,35 +300,39 @@ def _note_suspects(state: TrustState, window: Window, now: float) -> bool:
     if not stat.S_ISDIR(st.st_mode) or (st.st_dev, st.st_ino) != (window.dev, window.ino):
         return False  # moved or replaced: the ctime rule (by inode) still holds in place
     unreliable = filesystem_type(Path(window.folder)) in CTIME_UNRELIABLE
-    deadline, seen, todo = time.monotonic() + WALK_MAX_SECONDS, 0, [window.folder]
+    deadline, seen, added, todo = time.monotonic() + WALK_MAX_SECONDS, 0, 0, [window.folder]
     while todo:
         try:
-            with os.scandir(todo.pop()) as found:
-                entries = list(found)
+            with os.scandir(todo.pop()) as found:  # lazily: a huge directory counts against the bound
+                for entry in found:
+                    seen += 1
+                    if seen > WALK_MAX_ENTRIES or time.monotonic() > deadline:
+                        return False
+                    if entry.is_dir(follow_symlinks=False):
+                        if entry.name != ".git":
+                            todo.append(entry.path)
+                    elif is_env_name(entry.name) and entry.is_file(follow_symlinks=False):
+                        added += _note_one(state, Path(entry.path), unreliable, now)
+                        if added > WALK_MAX_SUSPECT:  # an agent flooding the ledger to push old entries out
+                            return False
         except OSError:
             continue
-        for entry in entries:
-            seen += 1
-            if seen > WALK_MAX_ENTRIES or time.monotonic() > deadline:
-                return False
-            if entry.is_dir(follow_symlinks=False):
-                if entry.name != ".git":
-                    todo.append(entry.path)
-            elif is_env_name(entry.name) and entry.is_file(follow_symlinks=False):
-                _note_one(state, Path(entry.path), unreliable, now)
     return True
 
 
-def _note_one(state: TrustState, path: Path, unreliable: bool, now: float) -> None:
+def _note_one(state: TrustState, path: Path, unreliable: bool, now: float) -> bool:
+    """True when `path`'s content became suspect."""
     try:
         env = read_env(path)
     except ConfigError:
-        return  # a FIFO, too large...: refused by every later check anyway
+        return False  # a FIFO, too large...: refused by every later check anyway
     above = [w for w in state.windows if path.is_relative_to(w.folder)]
     changed = unreliable or env.nlink != 1 or any(w.covers(env.ctime, now) for w in above)
     accepted = f"{env.sha256} {path}" in state.accepted
     if changed and not accepted and env.sha256 not in state.suspect:
         state.suspect.append(env.sha256)
+        return True
+    return False
 
 
 

@@ -562,7 +562,8 @@ def test_a_joined_containers_start_is_moved_onto_the_host_clock(ws, lag):
 
     started_host = time.time() - 30
     engine_start = datetime.fromtimestamp(started_host - (lag or 0.0), timezone.utc)
-    container = SimpleNamespace(id="joined", attrs={"State": {"StartedAt": engine_start.strftime("%Y-%m-%dT%H:%M:%S.%fZ")}})
+    stamp = engine_start.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    container = SimpleNamespace(id="joined", attrs={"State": {"StartedAt": stamp}})
     box = Sandbox(load_settings(ws, environ={}), client=_Engine(lag))
     box._record_running(container)
     (window,) = envtrust.open_windows()
@@ -572,3 +573,17 @@ def test_a_joined_containers_start_is_moved_onto_the_host_clock(ws, lag):
         assert started_host - 1 < window.start <= started_host + 0.1
     box._record_running(container)  # every later cell joins: nothing changes
     assert envtrust.open_windows() == [window]
+
+
+def test_flooding_the_suspect_ledger_marks_the_window_incomplete(ws, tmp_path, monkeypatch):
+    """Many distinct `*.env` files in one window cannot push older suspects out unnoticed."""
+    monkeypatch.setattr(envtrust, "WALK_MAX_SUSPECT", 3)
+    opened(ws)
+    for i in range(10):
+        (ws / f"f{i}.env").write_text(f"PIMAGIC_PIDS_LIMIT={1000 + i}\n")
+    plant(ws)
+    envtrust.record_stopped("c1")
+    state = envtrust.load_state()
+    assert state.windows[0].complete is False and len(state.suspect) <= 4
+    shutil.copytree(ws, tmp_path / "copy")  # copy2 keeps the mtime: still refused
+    assert load_settings(tmp_path / "copy", environ={}).pids_limit == 512
