@@ -230,9 +230,17 @@ export default function () {{ writeFileSync("/workspace/{marker}", "extension ra
 """
 
 
-def test_planted_extension_runs_until_clean_reset(shell, scripted, settings, workspace, canary):
-    """Class 6 (data dir): a pi extension planted in agent/extensions runs at every later start
-    (control); `pimagic clean --reset` removes it (and whatever else the agent left) safely."""
+@pytest.mark.parametrize("discovery", ["off", "on-control"])
+def test_planted_extension_runs_until_clean_reset(shell, scripted, settings, workspace, canary, monkeypatch,
+                                                  discovery):
+    """Class 6 (data dir): a pi extension planted in agent/extensions would run at every later start.
+    pimagic starts pi with discovery off, so it never runs (`off`); with discovery on (the control,
+    as before PI_SAFE_FLAGS) it runs until `pimagic clean --reset` removes it (and whatever else the
+    agent left), safely."""
+    import pimagic.session
+
+    if discovery == "on-control":
+        monkeypatch.setattr(pimagic.session, "PI_SAFE_FLAGS", ())
     marker = workspace / "evil-extension-ran"
     source = EVIL_EXTENSION.format(marker=marker.name)
     _, text = cell(shell, scripted, f"mkdir -p {AGENT_DIR}/extensions && cat > {AGENT_DIR}/extensions/evil.ts <<'EOF'\n"
@@ -241,12 +249,16 @@ def test_planted_extension_runs_until_clean_reset(shell, scripted, settings, wor
     assert "planted" in text, text[-2000:]
     marker.unlink(missing_ok=True)
 
-    # Control: plain `pimagic clean` keeps the data dir, so the next start loads the extension.
+    # Plain `pimagic clean` keeps the data dir: the next start loads the extension only when pi
+    # discovers extensions (the control); pimagic's pi does not.
     assert clean(settings).returncode == 0
     result, _ = cell(shell, scripted, "true", answer="second")
     assert result.text == "second", result.error
-    assert marker.exists(), "control: the planted extension did not run (the test could not fail)"
-    marker.unlink()
+    if discovery == "off":
+        assert not marker.exists(), "the planted extension ran though pi discovers none (PI_SAFE_FLAGS)"
+    else:
+        assert marker.exists(), "control: the planted extension did not run (the test could not fail)"
+        marker.unlink()
 
     before = fingerprint(canary)
     out = clean(settings, "--reset")
