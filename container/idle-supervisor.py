@@ -32,11 +32,18 @@ def attached_sessions() -> int:
                 stat = f.read()
         except OSError:  # exited meanwhile
             continue
-        # "pid (comm) state ppid ...": comm may hold spaces and parentheses, so split after the last ')'
-        state, ppid = stat[stat.rindex(b")") + 2 :].split()[:2]
-        if ppid == b"0" and state != b"Z":
+        if is_session(stat):
             count += 1
     return count
+
+
+def is_session(stat: bytes) -> bool:
+    """A /proc/<pid>/stat line of a live exec session: parent outside, not a zombie, and not stopped
+    (the leash runs as the agent's uid, which can SIGSTOP it: a stopped leash would never see its
+    kernel hang up, so it must not count as attached)."""
+    # "pid (comm) state ppid ...": comm may hold spaces and parentheses, so split after the last ')'
+    state, ppid = stat[stat.rindex(b")") + 2 :].split()[:2]
+    return ppid == b"0" and state not in (b"Z", b"X", b"T", b"t")
 
 
 def supervise(idle_timeout: float) -> int:

@@ -10,6 +10,7 @@ import os
 import select
 import shutil
 import signal
+import socket
 import sys
 from collections.abc import Iterator, Sequence
 
@@ -97,11 +98,18 @@ def _cmd_run(args: argparse.Namespace, settings: PimagicSettings) -> int:
     return _exec(settings, ["pi", *PI_SAFE_FLAGS, *pi_args])
 
 
+SHELL_ENV = {
+    "HOME": "/nonexistent", "XDG_CONFIG_HOME": "/nonexistent/.config", "INPUTRC": "/etc/inputrc",
+    "HISTFILE": "/dev/null", "GIT_CONFIG_GLOBAL": "/dev/null", "PYTHONNOUSERSITE": "1",
+}
+
+
 def _cmd_shell(args: argparse.Namespace, settings: PimagicSettings) -> int:
     # Not a login shell, and not the agent's ~/.bashrc: the home is the agent's to write, and a
     # planted profile would sit between you and the terminal (a key logger). Debian's rc is root's.
-    # INPUTRC too: readline would read ~/.inputrc, and a key macro there types commands for you.
-    return _exec(settings, ["bash", "--noprofile", "--rcfile", "/etc/bash.bashrc", "-i"], {"INPUTRC": "/etc/inputrc"})
+    # Nor anything else from the agent's home: every program you run here would read its dotfiles
+    # (readline's key macros, git's pager, ...) and the shell would save what you type in it.
+    return _exec(settings, ["bash", "--noprofile", "--rcfile", "/etc/bash.bashrc", "-i"], SHELL_ENV)
 
 
 def _cmd_clean(args: argparse.Namespace, settings: PimagicSettings) -> int:
@@ -143,35 +151,79 @@ def _cmd_trust_env(args: argparse.Namespace, settings: PimagicSettings) -> int:
 # later open() of that pts (a process left from an earlier cell, /proc/<pid>/fd/0, /dev/tty) then
 # fails with EBUSY without CAP_SYS_ADMIN, which the sandbox lacks, and seccomp refuses TIOCSTI: no
 # agent process can read what the user types (keys pasted into /login) or type into it.
-# An OSC sequence the lock prints once the terminal is exclusive; `_await_lock` swallows it.
+# The session leash makes the terminal exclusive first thing (TIOCEXCL), then prints this OSC
+# sequence; `_await_lock` waits for it and swallows it.
 TTY_LOCKED = b"\x1b]pimagic-tty-locked\x07"
-TTY_LOCK = (
-    "python3", "-I", "-c",
-    "import fcntl,os,sys,termios\n"
-    "try:\n fcntl.ioctl(0, termios.TIOCEXCL)\n"
-    "except OSError as e:\n sys.exit(f'pimagic: cannot make the terminal exclusive: {e}')\n"
-    "os.write(1, b'\\x1b]pimagic-tty-locked\\x07')\n"
-    "os.execvp(sys.argv[1], sys.argv[1:])",
-)
+TTY_LOCK = (LEASH[0], "--tty")
 LOCK_TIMEOUT = 30.0
+FREEZE_TIMEOUT = 15.0
+# Run as the agent's uid: stop every other process of that uid, and check that each one is stopped
+# (a process looping on kill(-1, SIGCONT) can wake the others during one pass, so pass again until
+# none runs). Exit 0 when all are stopped, 1 when they keep resisting.
+FREEZE = """
+import os, signal, sys
+me, uid = os.getpid(), os.getuid()
+def running():
+    for p in os.listdir("/proc"):
+        if not p.isdigit() or int(p) == me:
+            continue
+        try:  # status is readable even for processes that are not dumpable (pi, gh, git)
+            fields = dict(line.split(":", 1) for line in open("/proc/%s/status" % p).read().splitlines())
+        except (OSError, ValueError):
+            continue
+        if int(fields["Uid"].split()[0]) == uid and fields["State"].split()[0] not in ("T", "t", "Z", "X"):
+            yield p
+for _ in range(400):
+    try:
+        os.kill(-1, signal.SIGSTOP)
+    except ProcessLookupError:
+        pass
+    if next(running(), None) is None:
+        sys.exit(0)
+sys.exit(1)
+"""
 
 
 def tty_command(cmd: Sequence[str]) -> list[str]:
-    """``cmd`` behind the terminal lock and the session leash (for an exec with a TTY)."""
-    return [*TTY_LOCK, *LEASH, *cmd]
+    """``cmd`` behind the session leash, which locks the terminal first (for an exec with a TTY)."""
+    return [*TTY_LOCK, *LEASH[1:], *cmd]
+
+
+def _run_bounded(sandbox: Sandbox, cmd: list[str], timeout: float) -> int:
+    """Run a short command in the sandbox as the agent's uid; its exit code, or -1 if it did not end
+    within `timeout` (the agent's processes can stop a process of their own uid)."""
+    from .sandbox import _demux
+
+    exec_id, sock = sandbox.exec_socket(cmd)
+    raw = getattr(sock, "_sock", sock)
+    raw.settimeout(timeout)
+    try:
+        raw.shutdown(socket.SHUT_WR)
+        for _ in _demux(raw):
+            pass
+    except TimeoutError:
+        return -1
+    finally:
+        raw.close()
+    code = sandbox.client.api.exec_inspect(exec_id).get("ExitCode")
+    return code if code is not None else -1
 
 
 @contextlib.contextmanager
 def _agent_frozen(sandbox: Sandbox) -> Iterator[None]:
     """Every process of the agent's uid is stopped (SIGSTOP cannot be caught) while a new terminal
-    exists but is not yet exclusive: the pts is the agent uid's, so any of its processes could
-    open it in that window and read what the user types. `kill -1` spares the caller, root's
-    processes (the idle supervisor) and, since Linux 5.3, catches processes forked meanwhile."""
-    sandbox.exec(["kill", "-STOP", "-1"])
+    exists but is not yet exclusive: runc hands the pts to the agent's uid, so any of its processes
+    could open it in that window and read what the user types. Checked, not assumed (FREEZE); when
+    the agent's processes cannot all be stopped, no terminal is opened."""
     try:
+        if _run_bounded(sandbox, ["python3", "-I", "-S", "-c", FREEZE], FREEZE_TIMEOUT) != 0:
+            raise SandboxError(
+                "could not pause the agent's processes to open your terminal safely",
+                hint="`pimagic clean` ends the sandbox and everything the agent left running in it",
+            )
         yield
     finally:
-        sandbox.exec(["kill", "-CONT", "-1"])
+        _run_bounded(sandbox, ["kill", "-CONT", "-1"], FREEZE_TIMEOUT)
 
 
 def _await_lock(raw) -> bytes:

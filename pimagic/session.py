@@ -19,7 +19,7 @@ from typing import Any
 
 from . import piconfig
 from .config import PimagicSettings
-from .diskwatch import INODE_LIMIT, DiskWatch
+from .diskwatch import DiskWatch
 from .errors import DiskLimitError, PimagicError, RpcError, SandboxError
 from .rpc import RpcClient, SocketTransport
 from .sandbox import IDLE_EXIT_CODE, Sandbox
@@ -232,7 +232,7 @@ class PiSession:
         whose = "by any writer, the sandbox or another program on this machine"
         if watch is not None and watch.tripped_on == "inodes":
             return (f"{watch.files_growth} new files and folders appeared on the disk that holds the workspace "
-                    f"{when} ({whose}), more than the {INODE_LIMIT} allowed per cell: {stopped}")
+                    f"{when} ({whose}), more than the {watch.inode_limit} allowed per cell: {stopped}")
         growth = max(watch.exceeded_by or 0, watch.growth) if watch else 0  # what landed, overshoot included
         return (f"the disk that holds the workspace (and pi's data dir) filled by {growth / 2**20:.0f} MiB {when} "
                 f"({whose}), more than {limit}: {stopped}")

@@ -1,7 +1,7 @@
 /*
  * leash -- run a session's command as a child and end it when the session's client is gone.
  *
- * Usage:  leash [--hup] COMMAND [ARGS...]
+ * Usage:  leash [--tty] [--hup] COMMAND [ARGS...]
  *
  * pimagic starts every notebook's pi (and the CLI's terminal sessions) through this. The idle
  * supervisor counts processes whose parent is outside the container (parent pid 0) as attached
@@ -12,6 +12,9 @@
  *     kernel detached or died) the child is killed and the leash exits;
  *   - a CLONE_PARENT child of the command (from a shell the agent primed) gets the leash as its
  *     parent, not pid 0.
+ * --tty (an exec with a terminal): first of all make the terminal exclusive (TIOCEXCL: any further
+ * open() of it fails with EBUSY without CAP_SYS_ADMIN, /proc/<pid>/fd and /dev/tty included), then
+ * print TTY_MARK, which the CLI waits for (and swallows) before it lets the agent's processes run.
  * Installed execute-only (0711): a process exec'ing a binary it cannot read is not dumpable, so
  * the agent's uid cannot rewrite this loop through /proc/<pid>/mem.
  * Exit status: the child's, 128+signal if it was killed by one, 129 after a hang-up, 127 if the
@@ -23,8 +26,12 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/wait.h>
+#include <termios.h>
 #include <unistd.h>
+
+#define TTY_MARK "\033]pimagic-tty-locked\007"
 
 static int status_of(int st)
 {
@@ -33,11 +40,27 @@ static int status_of(int st)
 
 int main(int argc, char **argv)
 {
-    int hup = argc > 1 && strcmp(argv[1], "--hup") == 0;
-    char **cmd = argv + 1 + hup;
+    int hup = 0, tty = 0;
+    char **cmd = argv + (argc > 0);
+    for (; *cmd && strncmp(*cmd, "--", 2) == 0; cmd++) {
+        if (strcmp(*cmd, "--hup") == 0)
+            hup = 1;
+        else if (strcmp(*cmd, "--tty") == 0)
+            tty = 1;
+        else
+            break;
+    }
     if (!*cmd) {
-        fprintf(stderr, "usage: leash [--hup] COMMAND [ARGS...]\n");
+        fprintf(stderr, "usage: leash [--tty] [--hup] COMMAND [ARGS...]\n");
         return 2;
+    }
+    if (tty) {
+        if (ioctl(0, TIOCEXCL) != 0) {
+            fprintf(stderr, "leash: cannot make the terminal exclusive: %s\n", strerror(errno));
+            return 126;
+        }
+        if (write(1, TTY_MARK, sizeof TTY_MARK - 1) != (ssize_t)(sizeof TTY_MARK - 1))
+            return 126;
     }
     pid_t child = fork();
     if (child < 0) {

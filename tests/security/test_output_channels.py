@@ -206,6 +206,8 @@ RUN_CLI = (
     "    c.tty_command = lambda cmd: list(cmd)\n"
     "    c._agent_frozen = lambda sandbox: contextlib.nullcontext()\n"
     "    c._await_lock = lambda raw: b''\n"
+    "if sys.argv[1] == 'agent-home':  # the shell with the agent's home (a control)\n"
+    "    c.SHELL_ENV = {}\n"
     "sys.exit(c.main(sys.argv[2:]))"
 )
 
