@@ -156,6 +156,7 @@ def _cmd_trust_env(args: argparse.Namespace, settings: PimagicSettings) -> int:
 TTY_LOCKED = b"\x1b]pimagic-tty-locked\x07"
 TTY_LOCK = (LEASH[0], "--tty")
 LOCK_TIMEOUT = 30.0
+LEASH_GO = b"\r"  # read by the leash (one byte) once the agent's processes were continued
 FREEZE_TIMEOUT = 15.0
 # Run as the agent's uid: stop every other process of that uid, and check that each one is stopped
 # (a process looping on kill(-1, SIGCONT) can wake the others during one pass, so pass again until
@@ -259,6 +260,7 @@ def _exec(settings: PimagicSettings, cmd: list[str], extra_env: dict[str, str] |
         with _agent_frozen(sandbox):
             exec_id, sock = sandbox.exec_socket(tty_command(cmd), tty=True, environment=env)
             first = _await_lock(getattr(sock, "_sock", sock))
+        getattr(sock, "_sock", sock).sendall(LEASH_GO)  # the agent runs again: start the program
     raw = getattr(sock, "_sock", sock)
     try:
         if tty:

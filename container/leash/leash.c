@@ -14,7 +14,8 @@
  *     parent, not pid 0.
  * --tty (an exec with a terminal): first of all make the terminal exclusive (TIOCEXCL: any further
  * open() of it fails with EBUSY without CAP_SYS_ADMIN, /proc/<pid>/fd and /dev/tty included), then
- * print TTY_MARK, which the CLI waits for (and swallows) before it lets the agent's processes run.
+ * print TTY_MARK, which the CLI waits for (and swallows) before it lets the agent's processes run;
+ * then wait for one byte from the CLI (sent once they run again) before starting the program.
  * Installed execute-only (0711): a process exec'ing a binary it cannot read is not dumpable, so
  * the agent's uid cannot rewrite this loop through /proc/<pid>/mem.
  * Exit status: the child's, 128+signal if it was killed by one, 129 after a hang-up, 127 if the
@@ -60,6 +61,14 @@ int main(int argc, char **argv)
             return 126;
         }
         if (write(1, TTY_MARK, sizeof TTY_MARK - 1) != (ssize_t)(sizeof TTY_MARK - 1))
+            return 126;
+        /* Wait for the CLI's go (one byte) before starting the program: the CLI first lets the
+         * agent's processes run again, and that SIGCONT must not reach a shell still starting up. */
+        char go;
+        ssize_t n;
+        while ((n = read(0, &go, 1)) < 0 && errno == EINTR)
+            ;
+        if (n != 1)
             return 126;
     }
     pid_t child = fork();

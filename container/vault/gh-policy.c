@@ -542,6 +542,9 @@ void gh_policy_check(int argc, char *const argv[], int paranoid, struct gh_verdi
         return (void)refuse(v, sub->why, "gh", cmd_word, sub_word);
     if (sub && strcmp(cmd->name, "auth") == 0 && strcmp(sub->name, "status") == 0 && shows_token(i, argc, argv))
         return (void)refuse(v, WHY_TOKEN, "gh auth status --show-token", NULL, NULL);
+    /* git submodule is a shell script: the readable, dumpable sh would hold the token */
+    if (has_flag(i, argc, argv, "recurse-submodules", 0))
+        return (void)refuse(v, WHY_SUBMODULES, "gh", cmd_word, "--recurse-submodules");
     if (paranoid && cmd && cmd->rule == PARANOID)
         return (void)refuse(v, cmd->why, "gh", cmd_word, NULL);
     if (paranoid && sub && sub->rule == PARANOID)
@@ -550,9 +553,6 @@ void gh_policy_check(int argc, char *const argv[], int paranoid, struct gh_verdi
     if (paranoid && sub && strcmp(cmd->name, "pr") == 0 && strcmp(sub->name, "close") == 0 &&
         has_flag(i, argc, argv, "delete-branch", 'd'))
         return (void)refuse(v, WHY_GIT, "gh pr close --delete-branch", NULL, NULL);
-    /* git submodule is a shell script: the readable, dumpable sh would hold the token */
-    if (has_flag(i, argc, argv, "recurse-submodules", 0))
-        return (void)refuse(v, WHY_SUBMODULES, "gh", cmd_word, "--recurse-submodules");
     if (passes_git_options(cmd, sub, i, argc, argv))
         return (void)refuse(v, WHY_GIT_ARGS, "gh", cmd_word, "... --");
     if (!check_every_argument(argc, argv, v))
