@@ -158,10 +158,12 @@ def write_in_place(dir_fd: int, name: str, data: bytes, *, mode: int = 0o644) ->
 def remove_retired_tree(path: Path) -> bool:
     """Delete a tree that no sandbox can reach any more (moved into the host-only state dir), of
     any depth or permissions: coreutils' `rm` walks it without recursion limits and never follows
-    symlinks; when not root, `chmod -R` (which does not follow symlinks either) first gives back
-    the permissions the agent took away. True when it is gone."""
-    if os.getuid() != 0:
-        subprocess.run(["chmod", "-R", "u+rwx", "--", str(path)], capture_output=True, check=False)
+    symlinks; when not root, `find -P ... -type d` first gives the directories the agent locked
+    (`chmod 000`) back to their owner, touching no symlink (`chmod -R` would follow the agent's
+    links to your files). True when it is gone."""
+    if os.getuid() != 0:  # only real directories (find -P, -type d), each before find descends into it
+        subprocess.run(["find", "-P", str(path), "-type", "d", "!", "-perm", "-u=rwx", "-exec", "chmod", "u+rwx",
+                        "{}", ";"], capture_output=True, check=False)
     subprocess.run(["rm", "-rf", "--one-file-system", "--", str(path)], capture_output=True, check=False)
     return not os.path.lexists(path)
 

@@ -32,6 +32,21 @@ STUCK_PI = (
 )
 
 
+def hostile_turn_then_detach(settings, scripted, pi_magics, workspace, command: str) -> None:
+    """A warm-up cell, then a cell (bounded by --timeout) whose turn runs `command`, which leaves a
+    heartbeat loop behind; then the kernel exits (its session closes)."""
+    settings.idle_timeout = IDLE
+    shell = pi_magics.shell
+    scripted.push(say("warm"))
+    shell.run_cell_magic("pi", "", "warm up")
+    scripted.push(call("bash", command=command), say("done"))
+    cell = threading.Thread(target=lambda: shell.run_cell_magic("pi", "--timeout 10", "do it"), daemon=True)
+    cell.start()
+    cell.join(40)
+    assert heartbeat_moves(workspace), "the agent's loop runs"
+    pi_magics.session.close()  # the kernel exits
+
+
 @pytest.mark.parametrize("layer", ["leash", "control"])
 def test_a_pi_stuck_on_a_fifo_does_not_keep_the_sandbox_alive(settings, scripted, pi_magics, workspace,
                                                              docker_client, monkeypatch, layer):
@@ -41,16 +56,7 @@ def test_a_pi_stuck_on_a_fifo_does_not_keep_the_sandbox_alive(settings, scripted
 
     if layer == "control":
         monkeypatch.setattr(pimagic.session, "LEASH", ())
-    settings.idle_timeout = IDLE
-    shell = pi_magics.shell
-    scripted.push(say("warm"))
-    shell.run_cell_magic("pi", "", "warm up")
-    scripted.push(call("bash", command=STUCK_PI), say("done"))
-    cell = threading.Thread(target=lambda: shell.run_cell_magic("pi", "--timeout 10", "do it"), daemon=True)
-    cell.start()
-    cell.join(40)
-    assert heartbeat_moves(workspace), "the agent's loop runs"
-    pi_magics.session.close()  # the kernel exits
+    hostile_turn_then_detach(settings, scripted, pi_magics, workspace, STUCK_PI)
     if layer == "control":
         time.sleep(IDLE_BOUND + 3)
         assert container_state(docker_client, settings)[0] == "running" and heartbeat_moves(workspace), (
@@ -91,16 +97,7 @@ STOP_SESSIONS = (
 def test_a_stopped_session_does_not_count_as_attached(settings, scripted, pi_magics, workspace, docker_client):
     """Red-team finding: a stopped leash kept PPid 0 and counted as attached forever. The supervisor
     counts no stopped process (container/idle-supervisor.py `is_session`)."""
-    settings.idle_timeout = IDLE
-    shell = pi_magics.shell
-    scripted.push(say("warm"))
-    shell.run_cell_magic("pi", "", "warm up")
-    scripted.push(call("bash", command=STOP_SESSIONS), say("done"))
-    cell = threading.Thread(target=lambda: shell.run_cell_magic("pi", "--timeout 10", "do it"), daemon=True)
-    cell.start()
-    cell.join(40)
-    assert heartbeat_moves(workspace), "the agent's loop runs"
-    pi_magics.session.close()
+    hostile_turn_then_detach(settings, scripted, pi_magics, workspace, STOP_SESSIONS)
     wait_exited(docker_client, settings, IDLE_BOUND + 3)
     assert container_state(docker_client, settings) == ("exited", IDLE_EXIT_CODE), LEASH
     assert not heartbeat_moves(workspace)
