@@ -337,12 +337,9 @@ def test_a_process_spinning_on_new_terminals_never_gets_the_shells(settings, doc
         time.sleep(1.0)
         log = spinner_log(settings, docker_client)
         if mode == "locked":
+            # (That the agent's processes run again afterwards is test_leash.py's
+            # test_sigcont_loops_do_not_undo_the_freeze.)
             assert "OPENED" not in log and "16" in log, f"expected {TTY_LOCK} (EBUSY=16): {log!r}"
-            beat = lambda: box.exec(["cat", "/tmp/spinner.beat"])[1]  # noqa: E731
-            first, end = beat(), time.monotonic() + 10
-            while beat() == first and time.monotonic() < end:
-                time.sleep(0.2)
-            assert beat() != first, "the spinner was continued after the terminal was locked"
         else:
             assert "OPENED" in log, f"control: without freeze and lock the spinner opens it: {log!r}"
         assert term.close() == 0
