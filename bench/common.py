@@ -118,15 +118,19 @@ class Sizes:
     stream_turns: int
     stream_tokens: int
     build_seed: bool  # build the seed-style image when it is not cached yet
+    project_files: tuple[int, ...] = ()  # follow-ups also in generated projects of these many files
+    project_prompts: int = 0  # follow-up prompts per generated project
 
 
 MODES = {
     "quick": Sizes(followup_prompts=5, per_prompt_runs=2, first_cell_reps=1, memory_prompts=5,
-                   stream_turns=1, stream_tokens=30, build_seed=False),
+                   stream_turns=1, stream_tokens=30, build_seed=False, project_files=(1000,), project_prompts=3),
     "default": Sizes(followup_prompts=20, per_prompt_runs=5, first_cell_reps=3, memory_prompts=20,
-                     stream_turns=3, stream_tokens=40, build_seed=True),
+                     stream_turns=3, stream_tokens=40, build_seed=True, project_files=(1000, 10000),
+                     project_prompts=10),
     "full": Sizes(followup_prompts=50, per_prompt_runs=10, first_cell_reps=5, memory_prompts=200,
-                  stream_turns=5, stream_tokens=40, build_seed=True),
+                  stream_turns=5, stream_tokens=40, build_seed=True, project_files=(1000, 10000, 30000),
+                  project_prompts=20),
 }
 
 
@@ -407,9 +411,10 @@ class Context:
             os.chown(workspace, AGENT_UID, AGENT_GID)
         return workspace, root / "pi-data" / "agent"
 
-    def new_cells(self, tag: str) -> Cells:
-        """PiMagics on the shared InteractiveShell for a fresh workspace using the gateway model.
-        Nothing is started yet: the first cell creates the container."""
+    def new_cells(self, tag: str, prepare: Callable[[Path], Any] | None = None) -> Cells:
+        """PiMagics on the shared InteractiveShell for a fresh workspace using the gateway model;
+        ``prepare(workspace)`` fills the folder first. Nothing is started yet: the first cell
+        creates the container."""
         from IPython.core.interactiveshell import InteractiveShell
 
         from pimagic.config import load_settings
@@ -417,6 +422,8 @@ class Context:
         from pimagic.offline import use_scripted_model
 
         workspace, agent_dir = self.new_workspace(tag)
+        if prepare is not None:
+            prepare(workspace)
         settings = load_settings(workspace, environ=os.environ, pi_data_dir=str(agent_dir), image=self.image)
         use_scripted_model(settings, self.gateway_server)
         self.track_container(settings.container_name)
@@ -437,8 +444,9 @@ class Context:
 
     # -- raw host pi ----------------------------------------------------------------------------
 
-    def start_host_pi(self, tag: str = "host") -> HostPi:
-        """A new raw pi on the host (``node cli.js --mode rpc``) using the loopback model.
+    def start_host_pi(self, tag: str = "host", cwd: Path | None = None) -> HostPi:
+        """A new raw pi on the host (``node cli.js --mode rpc``) using the loopback model, in
+        ``cwd`` (default: an empty folder of its own).
 
         Same environment knobs as the sandbox image sets (version check and telemetry off); the
         session is persisted to its own agent dir, as pimagic's is.
@@ -462,7 +470,7 @@ class Context:
         }
         started = time.perf_counter()
         popen = subprocess.Popen(
-            [node, cli, "--mode", "rpc"], cwd=work, env=env,
+            [node, cli, "--mode", "rpc"], cwd=cwd or work, env=env,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         )
         client = RpcClient(ProcessTransport(popen), call_timeout=30.0)

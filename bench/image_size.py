@@ -8,6 +8,11 @@ the build context and through container/install-ca.sh into the system trust stor
 NODE_EXTRA_CA_CERTS points at). It is kept minimal on purpose (``--no-install-recommends``, apt
 lists and npm cache removed, no install scripts), so the comparison favours the seed.
 
+Both images are built the same way: ``docker build`` through the Docker API (the classic builder
+pimagic's own build uses), from the same base image, without BuildKit and without a pull. The
+sandbox image names its base in the ``org.pimagic.base-image`` label; the seed-style image is built
+on that one. Target (issue 10): the sandbox image at most 0.60x the seed-style image.
+
 The image is built once and cached under ``pimagic-bench/seed-style:<hash of its inputs>``.
 """
 
@@ -26,6 +31,8 @@ NAME = "image_size"
 SEED_REPO = "pimagic-bench/seed-style"
 SEED_PACKAGES = "git curl wget ca-certificates procps build-essential python3 python3-dev gh"
 FALLBACK_BASE = "pimagic-base:node22-bookworm"
+BASE_LABEL = "org.pimagic.base-image"  # set by container/Dockerfile: the BASE_IMAGE it was built on
+TARGET_RATIO = 0.60
 
 SEED_DOCKERFILE = f"""\
 # Seed-style pi image (pimagic benchmark baseline): the seed's package set on the same base.
@@ -69,10 +76,19 @@ def _layers(client: Any, ref: str) -> list[str] | None:
 
 
 def base_image(client: Any, sandbox_image: str) -> tuple[str, str]:
-    """The base to build on and why: PIMAGIC_BASE_IMAGE, else the local candidate whose layers the
-    sandbox image was built on, else the default (pulled if missing)."""
+    """The base to build on and why: the one the sandbox image names in its label (the same base
+    by construction), else PIMAGIC_BASE_IMAGE, else the local candidate whose layers the sandbox
+    image starts with (images from before the label), else the default (pulled if missing)."""
+    import docker.errors
+
     from pimagic.config import load_settings
 
+    try:
+        labelled = (client.images.get(sandbox_image).labels or {}).get(BASE_LABEL)
+    except docker.errors.ImageNotFound:
+        labelled = None
+    if labelled:
+        return labelled, f"the {BASE_LABEL} label of {sandbox_image}"
     explicit = os.environ.get("PIMAGIC_BASE_IMAGE")
     if explicit:
         return explicit, "PIMAGIC_BASE_IMAGE"
@@ -163,10 +179,12 @@ def run(ctx: Context) -> list[Metric]:
                        "(run once without --quick, or pass --build-seed)", details=details, skipped=True)]
     seed_size = client.images.get(tag).attrs["Size"]
     details["seed_bytes"] = seed_size
+    ratio = sandbox_size / seed_size
     return [
         Metric(NAME, "image size", sandbox_size / 1e6, seed_size / 1e6, "MB", "seed-style image",
-               note=f"same base {info['base_image']} ({base_size / 1e6:.0f} MB); "
-                    f"added: pimagic {(sandbox_size - base_size) / 1e6:.0f} MB, "
-                    f"seed {(seed_size - base_size) / 1e6:.0f} MB",
+               ratio=ratio, target=f"<= {TARGET_RATIO:.2f}x", passed=ratio <= TARGET_RATIO,
+               note=f"same base {info['base_image']} ({base_size / 1e6:.0f} MB), same builder; "
+                    f"over the base: pimagic {(sandbox_size - base_size) / 1e6:+.0f} MB, "
+                    f"seed {(seed_size - base_size) / 1e6:+.0f} MB",
                details=details),
     ]

@@ -15,7 +15,8 @@
 //   - ... no frame is pi's tool code (dist/core/tools/, dist/bundle/ which inlines it) ...
 //   - ... and no frame is code from anywhere else ([eval], scripts, extensions).
 // A refusal throws (or passes to the callback / rejects / errors the stream) an Error
-// with code EACCES whose message starts with "[SYSTEM BLOCK]".
+// with code EACCES whose message starts with "[SYSTEM BLOCK: node-fs]"
+// (fs-vault.c says "libc-fs": the marker names the firewall that refused).
 //
 // `node --expose-internals` is refused outright (internalBinding would skip the wrappers).
 // A speed bump: a node process started without NODE_OPTIONS skips this file (fs-vault
@@ -42,7 +43,7 @@ const processBinding = process.binding;
 
 // internalBinding('fs') would skip every wrapper below, and fs-vault trusts this process.
 if (process.execArgv.some((a) => /^--expose[-_]internals\b/.test(a))) {
-  process.stderr.write('[SYSTEM BLOCK] node --expose-internals is disabled in this sandbox\n');
+  process.stderr.write('[SYSTEM BLOCK: node-fs] node --expose-internals is disabled in this sandbox\n');
   process.exit(126);
 }
 
@@ -127,7 +128,7 @@ function refusal(p, syscall) {
   const kind = classify(abs);
   if (kind === null) return null;
   if (kind === 'credential' && calledByPi()) return null;
-  const err = new Error(`[SYSTEM BLOCK] ${syscall} '${abs}': access to protected files is denied in this sandbox`);
+  const err = new Error(`[SYSTEM BLOCK: node-fs] ${syscall} '${abs}': access to protected files is denied in this sandbox`);
   err.code = 'EACCES';
   err.errno = -13;
   err.syscall = syscall;
@@ -206,7 +207,7 @@ wrap(fs, 'createWriteStream', 'write-stream');
 // The raw binding would skip every wrapper above.
 process.binding = function binding(name) {
   if (name === 'fs' || name === 'fs_dir') {
-    const err = new Error(`[SYSTEM BLOCK] process.binding('${name}') is disabled in this sandbox`);
+    const err = new Error(`[SYSTEM BLOCK: node-fs] process.binding('${name}') is disabled in this sandbox`);
     err.code = 'EACCES';
     throw err;
   }

@@ -15,12 +15,13 @@ import sys
 from collections.abc import Iterator, Sequence
 
 from . import image as image_mod
-from . import piconfig, relay
+from . import statedir
 from .config import PimagicSettings, load_settings, trust_env_file
 from .errors import PimagicError, SandboxError
-from .render import clean
+from .rpc import demux
 from .sandbox import Sandbox, docker_client, list_sandboxes, reload_if_sandbox_gone
-from .session import LEASH, PI_SAFE_FLAGS, PiSession
+from .sanitize import clean
+from .session import LEASH, PI_SAFE_FLAGS, start_sandbox
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -114,20 +115,21 @@ def _cmd_shell(args: argparse.Namespace, settings: PimagicSettings) -> int:
 
 def _cmd_clean(args: argparse.Namespace, settings: PimagicSettings) -> int:
     client = docker_client()
-    targets = list_sandboxes(client) if args.all else [c for c in [Sandbox(settings, client).find()] if c]
+    sandbox = Sandbox(settings, client)
+    targets = list_sandboxes(client) if args.all else [c for c in [sandbox.find()] if c]
     for container in targets:
-        container.remove(force=True)
+        sandbox.remove_container(container)
         print(f"removed {container.name}")
-    Sandbox(settings, client).close_stale_windows()  # this folder's sandbox can no longer write (.env trust)
+    sandbox.close_stale_windows()  # this folder's sandbox can no longer write (.env trust)
     if not targets and not args.reset:
         print("nothing to clean")
     if args.reset:  # after the container is gone: nothing in it can write while we delete
-        removed = piconfig.reset_pi_data(settings)
+        removed = statedir.reset_pi_data(settings)
         for path in removed:
             print(f"removed {path}")
         if not removed:
             print("no pi data to reset")
-        print(f"kept the host-owned pi config in {piconfig.config_dir(settings)}")
+        print(f"kept the host-owned pi config in {statedir.config_dir(settings)}")
     return 0
 
 
@@ -193,21 +195,18 @@ def tty_command(cmd: Sequence[str]) -> list[str]:
 def _run_bounded(sandbox: Sandbox, cmd: list[str], timeout: float) -> int:
     """Run a short command in the sandbox as the agent's uid; its exit code, or -1 if it did not end
     within `timeout` (the agent's processes can stop a process of their own uid)."""
-    from .sandbox import _demux
-
     exec_id, sock = sandbox.exec_socket(cmd)
     raw = getattr(sock, "_sock", sock)
     raw.settimeout(timeout)
     try:
         raw.shutdown(socket.SHUT_WR)
-        for _ in _demux(raw):
+        for _ in demux(raw):
             pass
     except TimeoutError:
         return -1
     finally:
         raw.close()
-    code = sandbox.client.api.exec_inspect(exec_id).get("ExitCode")
-    return code if code is not None else -1
+    return sandbox.exit_code(exec_id)
 
 
 @contextlib.contextmanager
@@ -247,11 +246,11 @@ def _await_lock(raw) -> bytes:
 def _exec(settings: PimagicSettings, cmd: list[str], extra_env: dict[str, str] | None = None) -> int:
     """Run `cmd` in the workspace's sandbox: a TTY when we have one, plain streams otherwise."""
     sandbox = Sandbox(settings)
-    sandbox.start(progress=lambda line: print(line, file=sys.stderr, flush=True))
-    # Model servers on the host's loopback (llama.cpp --host 127.0.0.1) reach the sandbox through
-    # relays that live in this process, as long as the command runs (see pimagic.relay).
-    relay.relay_local_providers(settings, sandbox.client)
-    PiSession(settings, client=sandbox.client).configure_pi()  # PIMAGIC_MODEL / _THINKING as in notebooks
+    # The notebooks' start path: pi's config from PIMAGIC_MODEL / _THINKING, and model servers on
+    # the host's loopback relayed for as long as this process runs (see pimagic.relay).
+    started = start_sandbox(sandbox, progress=lambda line: print(line, file=sys.stderr, flush=True))
+    for note in started.notes:
+        print(f"pimagic: note: {clean(note)}", file=sys.stderr)
     tty = sys.stdin.isatty() and sys.stdout.isatty()
     env = {"TERM": os.environ.get("TERM", "xterm-256color"), **(extra_env or {})}
     if not tty:
@@ -270,14 +269,12 @@ def _exec(settings: PimagicSettings, cmd: list[str], extra_env: dict[str, str] |
             _pump_plain(raw)
     finally:
         raw.close()
-    code = sandbox.client.api.exec_inspect(exec_id).get("ExitCode")
-    return code if code is not None else 1
+    code = sandbox.exit_code(exec_id)
+    return code if code >= 0 else 1
 
 
 def _pump_plain(raw) -> None:
     import socket as socket_mod
-
-    from .sandbox import _demux
 
     if not sys.stdin.isatty():
         data = sys.stdin.buffer.read() if not sys.stdin.closed else b""
@@ -287,7 +284,7 @@ def _pump_plain(raw) -> None:
     # Output piped elsewhere stays byte-exact; on a terminal, escape sequences from the sandbox
     # (clipboard, title, cursor) are stripped: nothing here is drawing a TUI.
     decoders = {s: codecs.getincrementaldecoder("utf-8")("replace") for s in (1, 2)}
-    for stream, payload in _demux(raw):
+    for stream, payload in demux(raw):
         target = sys.stdout if stream == 1 else sys.stderr
         if target.isatty():
             target.write(clean(decoders[stream].decode(payload), overwrite=True))

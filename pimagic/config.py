@@ -1,23 +1,29 @@
 """Settings: one traitlets object shared by `.env`, the environment, `%config`
-and the widgets. No Docker and no I/O beyond reading the `.env` file."""
+and the widgets. No Docker and no I/O beyond reading the `.env` file (and, through
+pimagic.policy, the folder's host-only paranoid-mode record)."""
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import io
 import os
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from traitlets import Bool, Float, Int, List, Unicode, validate
 from traitlets.config import Configurable
 
-from .errors import ConfigError
+from . import workspace_pin
+from .errors import ConfigError, PimagicError
 
-THINKING_LEVELS = ("off", "minimal", "low", "medium", "high", "xhigh")
+# pi's thinking levels (settings.json and set_thinking_level); "xhigh" and "max" only on models
+# that support them. The one list: the magics, the panel and PIMAGIC_THINKING all check against it.
+THINKING_LEVELS = ("off", "minimal", "low", "medium", "high", "xhigh", "max")
 _MEMORY_RE = re.compile(r"^\d+(\.\d+)?[bkmg]?$", re.IGNORECASE)
-_MODEL_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/\S+$")
+_PROVIDER_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\Z")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -44,6 +50,8 @@ _ENV_KEYS: dict[str, str] = {
     "PIMAGIC_SECRET_PATTERNS": "secret_patterns",
     "PIMAGIC_IDLE_TIMEOUT": "idle_timeout",
     "PIMAGIC_WRITE_LIMIT": "workspace_write_limit",
+    "PIMAGIC_WARM_START": "warm_start",
+    "PIMAGIC_FAIL_ON_ERROR": "fail_on_error",
 }
 
 
@@ -99,6 +107,10 @@ class PimagicSettings(Configurable):
     ).tag(config=True)
     keep_visible = List(Unicode(), default_value=[".env.example"]).tag(config=True)
     env_notes: tuple[str, ...] = ()  # set by load_settings: a refused or partly ignored `.env`
+    fail_on_error = Bool(
+        True, help="A failed turn (model server down, model error, timeout) fails the cell, so Run All "
+        "stops; `%%pi --keep-going` overrides it for one cell.",
+    ).tag(config=True)
     turn_timeout = Float(1800.0, help="Default seconds a %%pi cell may run.").tag(config=True)
     idle_timeout = Float(
         120.0, help="Seconds the sandbox outlives its last attached notebook or shell (0 = forever)."
@@ -106,6 +118,33 @@ class PimagicSettings(Configurable):
     workspace_write_limit = Unicode(
         "2g", help="Most the workspace may grow while a sandbox runs, and its largest file (0 = no bound)."
     ).tag(config=True)
+    warm_start = Bool(
+        True, help="Start the sandbox and pi in the background when a kernel loads the extension (image present)."
+    ).tag(config=True)
+
+    @property
+    def env_errors(self) -> dict[str, ConfigError]:
+        """Bad values `load_settings(defer_errors=True)` could not apply, by key; a key leaves once
+        its setting is set again (`%config`, a widget). Starting a sandbox refuses while any is left."""
+        return self.__dict__.setdefault("_env_errors", {})
+
+    def _load_config(self, cfg, section_names=None, traits=None) -> None:
+        # `%config PimagicSettings.memory = '4g'` sets a key even when the value equals the current
+        # one (no change event fires then): the user chose it, so its `.env` error is answered.
+        super()._load_config(cfg, section_names=section_names, traits=traits)
+        section = cfg[type(self).__name__] if type(self).__name__ in cfg else {}
+        for key, trait in _ENV_KEYS.items():
+            if trait in section:
+                self.env_errors.pop(key, None)
+        if "workspace" in section:  # the user named the folder (again): pin what it is now
+            self.__dict__.pop("_workspace_pin", None)
+
+    def raise_env_errors(self) -> None:
+        """The start path's gate: a sandbox is never started with a default in place of a value
+        the user set and mistyped (a `PARANOID_MODE=ture` must not start it unguarded)."""
+        errors = list(self.env_errors.values())
+        if errors:
+            raise InvalidSettingsError(errors)
 
     def _uid_default(self) -> int:
         return _default_uid()
@@ -160,21 +199,52 @@ class PimagicSettings(Configurable):
 
     @validate("model")
     def _check_model(self, proposal):
-        if proposal.value and not _MODEL_RE.match(proposal.value):
-            raise ConfigError("PIMAGIC_MODEL", proposal.value, "expected provider/model-id")
+        if proposal.value:
+            try:
+                parse_model(proposal.value)
+            except ValueError:
+                raise ConfigError("PIMAGIC_MODEL", proposal.value, "expected provider/model-id") from None
         return proposal.value
+
+    @validate("paranoid")
+    def _check_paranoid(self, proposal):
+        # Once tracked (pimagic.policy), a plain "off" cannot undo the folder's choice or a pin.
+        from . import policy
+
+        return policy.validate(self, bool(proposal.value))
 
     @validate("thinking")
     def _check_thinking(self, proposal):
-        if proposal.value and proposal.value not in THINKING_LEVELS:
-            raise ConfigError("PIMAGIC_THINKING", proposal.value, f"expected one of {', '.join(THINKING_LEVELS)}")
+        if proposal.value:
+            try:
+                check_thinking(proposal.value)
+            except ValueError as e:
+                raise ConfigError("PIMAGIC_THINKING", proposal.value, str(e)) from None
         return proposal.value
 
     # --- derived values -------------------------------------------------
 
     @property
     def workspace_path(self) -> Path:
-        return Path(self.workspace).expanduser().resolve()
+        """The folder's real path as pinned when the user chose it (never resolved again: a link
+        a sandbox put on the way since is not followed; `Sandbox.start` checks the pin)."""
+        return self.workspace_pin.path
+
+    @property
+    def workspace_pin(self) -> workspace_pin.WorkspacePin:
+        """The folder pinned at load or when `workspace` was set (pimagic.workspace_pin); a new
+        value of the setting, or `%config` naming it, pins again."""
+        pinned = self.__dict__.get("_workspace_pin")
+        if pinned is None or pinned.source != self.workspace:
+            pinned = self.__dict__["_workspace_pin"] = workspace_pin.pin(self.workspace)
+        return pinned
+
+    def check_workspace_pin(self) -> workspace_pin.WorkspacePin:
+        """The pin, checked against the folder now (WorkspaceReplacedError when it was replaced);
+        a pin made before the folder existed takes the directory found then."""
+        checked = workspace_pin.check(self.workspace_pin)
+        self.__dict__["_workspace_pin"] = checked
+        return checked
 
     @property
     def workspace_id(self) -> str:
@@ -210,6 +280,11 @@ class PimagicSettings(Configurable):
         return path
 
     @property
+    def model_ref(self) -> ModelRef | None:
+        """`model` as provider and id (the setting was validated), or None for pi's default."""
+        return parse_model(self.model) if self.model else None
+
+    @property
     def write_limit_bytes(self) -> int:
         """`workspace_write_limit` in bytes; 0 = no bound."""
         return parse_size(self.workspace_write_limit)
@@ -217,6 +292,44 @@ class PimagicSettings(Configurable):
     def __repr__(self) -> str:  # never print the token
         token = "<set>" if self.github_token else "<unset>"
         return f"PimagicSettings(workspace={self.workspace!r}, image={self.image!r}, token={token})"
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """``provider/id``; the id may itself contain ``/`` (``openrouter/qwen/qwen3-coder``)."""
+
+    provider: str
+    id: str
+
+    def __str__(self) -> str:
+        return f"{self.provider}/{self.id}"
+
+
+def parse_model(spec: str) -> ModelRef:
+    """``"provider/id"`` -> :class:`ModelRef`; ValueError on a bad shape. The one parser of a
+    model spec (settings, magics, the panel)."""
+    provider, sep, model_id = spec.partition("/")
+    if (
+        not sep
+        or not _PROVIDER_RE.match(provider)
+        or not model_id
+        or model_id.startswith("/")
+        or model_id.endswith("/")
+        or "//" in model_id
+        or not model_id.isprintable()
+        or any(c.isspace() for c in model_id)
+    ):
+        raise ValueError(f"invalid model {spec!r}: expected PROVIDER/ID, e.g. anthropic/claude-sonnet-4-5")
+    return ModelRef(provider, model_id)
+
+
+def check_thinking(level: str) -> str:
+    """`level` if pi knows it; ValueError naming the closest level and all of them otherwise."""
+    if level not in THINKING_LEVELS:
+        close = difflib.get_close_matches(level, THINKING_LEVELS, n=1, cutoff=0.6)
+        guess = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"invalid thinking level {level!r}{guess}; choose from {', '.join(THINKING_LEVELS)}")
+    return level
 
 
 def pimagic_data_root() -> Path:
@@ -302,19 +415,62 @@ def parse_env(data: bytes, path: Path) -> dict[str, str]:
     return values
 
 
-def apply_env(settings: PimagicSettings, values: Mapping[str, str], source: str) -> None:
-    """Set traits from KEY=value pairs; a bad value names its key and its source."""
+def apply_env(
+    settings: PimagicSettings, values: Mapping[str, str], source: str,
+    errors: dict[str, ConfigError] | None = None,
+) -> None:
+    """Set traits from KEY=value pairs; a bad value names its key and its source. Every key is
+    tried: the bad ones are collected in `errors` (a good value of a key drops its earlier error),
+    or, without `errors`, raised together (one ConfigError, or InvalidSettingsError for several)."""
+    found: dict[str, ConfigError] = {} if errors is None else errors
+    bad: list[ConfigError] = []
     for key, trait in _ENV_KEYS.items():
         if key not in values:
             continue
+        hint = f"fix {key} in {source}"
         try:
             setattr(settings, trait, _coerce(settings, key, trait, values[key]))
         except ConfigError as e:
-            e.hint = e.hint or f"fix {key} in {source}"
+            e.hint = e.hint or hint
             e.args = (str(e),)
-            raise
+            bad.append(e)
         except Exception as e:  # traitlets TraitError and friends
-            raise ConfigError(key, values[key], str(e), hint=f"fix {key} in {source}") from None
+            bad.append(ConfigError(key, values[key], str(e), hint=hint))
+        else:
+            found.pop(key, None)
+            continue
+        found[key] = bad[-1]
+    if errors is None and bad:
+        raise bad[0] if len(bad) == 1 else InvalidSettingsError(bad)
+
+
+class InvalidSettingsError(ConfigError):
+    """Several settings are invalid: every one is named at once, each with what to do."""
+
+    def __init__(self, errors: list[ConfigError]) -> None:
+        PimagicError.__init__(
+            self,
+            f"{len(errors)} invalid setting{'s' if len(errors) != 1 else ''}:\n"
+            + "\n".join(f"  {e.message} ({e.hint})" if e.hint else f"  {e.message}" for e in errors),
+            hint="fix them where they are set; in a notebook, then `%reload_ext pimagic`, or set one for "
+            "this kernel with `%config PimagicSettings.NAME = VALUE`; until then no sandbox starts",
+        )
+        self.errors = errors
+        self.key = ", ".join(e.key for e in errors)
+        self.value = None
+
+
+def _forget_error_when_set(settings: PimagicSettings, key: str) -> None:
+    """`%config` or a widget set the trait of a bad key: the user's value replaces the bad one."""
+    trait = _ENV_KEYS.get(key)
+    if trait is None:  # a line of the file that did not parse: only fixing the file helps
+        return
+
+    def forget(change: dict) -> None:
+        settings.env_errors.pop(key, None)
+        settings.unobserve(forget, names=[trait])
+
+    settings.observe(forget, names=[trait])
 
 
 def load_settings(
@@ -323,9 +479,15 @@ def load_settings(
     env_file: str | os.PathLike | None = None,
     environ: Mapping[str, str] | None = None,
     parent: object | None = None,
+    defer_errors: bool = False,
     **overrides: object,
 ) -> PimagicSettings:
-    """Settings for a workspace: defaults < `.env` < environment < overrides.
+    """Settings for a workspace: defaults < `.env` < environment < overrides; paranoid mode is
+    that OR the folder's recorded choice (pimagic.policy, host-only), either saying on wins.
+
+    A bad value (or an unparsable `.env` line) raises, naming every bad key at once; with
+    `defer_errors` (the notebook extension, which must load) they are kept in
+    `settings.env_errors`, the good keys apply, and no sandbox starts until they are fixed.
 
     The `.env` values are read, not exported: the token never enters this
     process's environment, so child processes cannot inherit it. A `.env` inside the
@@ -335,21 +497,62 @@ def load_settings(
     settings = PimagicSettings(parent=parent)
     if workspace is not None:
         settings.workspace = str(Path(workspace).expanduser().resolve())
+    settings.workspace_pin  # noqa: B018 - pinned now, as the kernel loads: later starts check it
     environ = environ if environ is not None else os.environ
+    errors: dict[str, ConfigError] = {}
+    by_trait = {trait: key for key, trait in _ENV_KEYS.items()}
 
     def apply_trusted() -> None:
-        apply_env(settings, environ, "the environment")
+        apply_env(settings, environ, "the environment", errors)
         for name, value in overrides.items():
             if value is not None:
                 setattr(settings, name, value)
+                errors.pop(by_trait.get(name, ""), None)
 
     apply_trusted()  # first: the trust records' location may not depend on the file being judged
-    values, notes, source = _env_file_values(settings, env_file)
+    try:
+        values, notes, source = _env_file_values(settings, env_file)
+    except ConfigError as e:  # the file does not parse: none of its keys apply
+        if not defer_errors:
+            raise
+        values, notes, source = {}, [], ""
+        errors[e.key] = e
     if values:
-        apply_env(settings, values, source)
+        apply_env(settings, values, source, errors)
         apply_trusted()  # the environment and explicit overrides still win
     settings.env_notes = tuple(notes)
+    if errors and not defer_errors:
+        found = list(errors.values())
+        raise found[0] if len(found) == 1 else InvalidSettingsError(found)
+    settings.env_errors.update(errors)
+    from . import policy  # paranoid mode: this kernel's own value OR the folder's recorded choice
+
+    policy.track(settings, _paranoid_source(environ, values, source, overrides))
+    for key in errors:  # from now on, only the user's own setting answers a bad key
+        _forget_error_when_set(settings, key)
     return settings
+
+
+def _says_on(values: Mapping[str, str]) -> bool:
+    try:
+        return "PARANOID_MODE" in values and _parse_bool("PARANOID_MODE", values["PARANOID_MODE"])
+    except ConfigError:
+        return False
+
+
+def _paranoid_source(
+    environ: Mapping[str, str], values: Mapping[str, str], source: str, overrides: Mapping[str, object]
+) -> str:
+    """The source outside the notebook that set paranoid mode on, if one won (overrides, then the
+    environment, then the settings file): it pins it on. The IPython configuration is the kernel's
+    own `%config` (a `%config` in the kernel lands there too): a deliberate "off" overrides it."""
+    if overrides.get("paranoid") is not None:
+        return "the settings pimagic was started with" if overrides["paranoid"] else ""
+    if "PARANOID_MODE" in environ:
+        return "PARANOID_MODE in the environment" if _says_on(environ) else ""
+    if "PARANOID_MODE" in values:
+        return f"PARANOID_MODE in {source}" if _says_on(values) else ""
+    return ""
 
 
 def _env_file_values(
@@ -420,7 +623,14 @@ def trust_env_file(
     loaded = {k: v for k, v in values.items() if k in _ENV_KEYS and k not in envtrust.HOST_ONLY_KEYS}
     apply_env(PimagicSettings(workspace=settings.workspace), loaded, str(path))  # a bad value: record nothing
     digest = envtrust.accept(env.path, env.data)
-    apply_env(settings, loaded, str(path))
-    apply_env(settings, environ if environ is not None else os.environ, "the environment")
+    from . import policy
+
+    environ = environ if environ is not None else os.environ
+    with policy.reloading(settings):  # the kernel's own sources, read again: either way
+        apply_env(settings, loaded, str(path))
+        apply_env(settings, environ, "the environment")
+    if "PARANOID_MODE" in environ or "PARANOID_MODE" in loaded:
+        policy.reload(settings, _paranoid_source(environ, loaded, str(path), {}))
+    policy.sync(settings)  # the folder's choice still applies on top
     settings.env_notes = ()
     return path, digest, sorted(loaded), [envtrust.host_only_note(path, host_only)] if host_only else []

@@ -18,7 +18,7 @@ class PimagicError(Exception):
     def _render_traceback_(self) -> list[str]:
         # IPython shows this instead of a traceback: one short, actionable message. It may quote
         # the sandbox (logs, pi's stderr), so terminal escape sequences are stripped.
-        from .render import clean
+        from .sanitize import clean
 
         return [clean(f"pimagic {type(self).__name__}: {self}")]
 
@@ -39,6 +39,10 @@ class ConfigError(PimagicError):
         super().__init__(f"invalid setting {shown}: {reason}", hint=hint)
         self.key = key
         self.value = value
+
+
+class HostFileError(PimagicError):
+    """A host-side file pimagic reads or writes is not what it must be (a symlink, a FIFO, too big)."""
 
 
 class DockerUnavailableError(PimagicError):
@@ -75,6 +79,11 @@ class SandboxError(PimagicError):
         return text
 
 
+class WorkspaceReplacedError(SandboxError):
+    """The workspace folder is no longer the directory pinned when this kernel loaded (moved, or a
+    link put in its place, e.g. by the sandbox of a folder that contains it): nothing is mounted."""
+
+
 class RpcError(PimagicError):
     """pi's RPC channel failed: a command was rejected, timed out, or pi exited."""
 
@@ -83,8 +92,40 @@ class RpcError(PimagicError):
         self.stderr = stderr
 
 
-class ModelError(PimagicError):
-    """The model provider failed a turn (unreachable, HTTP error, bad key)."""
+class RelayError(PimagicError):
+    """A local model server could not be relayed into the sandbox, or listed."""
+
+
+class ModelNotFoundError(PimagicError):
+    """pi does not know the model asked for (``-m``, ``%pi model``, ``PIMAGIC_MODEL``)."""
+
+
+class TurnFailed(PimagicError):
+    """The agent's turn failed (model server down, model error, timeout). Raised after the cell
+    showed the turn and bound it to ``_pi``, so Run All stops here; ``result`` is that turn."""
+
+    def __init__(self, message: str, *, result: object = None, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.result = result
+
+    def _render_traceback_(self) -> list[str]:
+        # The cell already shows the error block with its hint: one line says the cell failed.
+        from .sanitize import one_line
+
+        return [f"pimagic: {one_line(self.message)}"]
+
+
+class TurnInterrupted(PimagicError, KeyboardInterrupt):
+    """The kernel was interrupted during a turn (Ctrl-C or the toolbar's button: the two cannot be
+    told apart). The turn was aborted; the sandbox and the session are kept. A KeyboardInterrupt,
+    so code that stops on one still does; its one-line render replaces IPython's traceback."""
+
+    def __init__(self, result: object = None) -> None:
+        super().__init__("interrupted; the turn was aborted, the sandbox and the session are kept")
+        self.result = result
+
+    def _render_traceback_(self) -> list[str]:
+        return [f"pimagic: {self.message}"]
 
 
 class DiskLimitError(PimagicError):

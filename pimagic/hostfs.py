@@ -18,7 +18,7 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-from .errors import PimagicError
+from .errors import HostFileError
 
 __all__ = [
     "MAX_CONFIG_BYTES",
@@ -33,10 +33,6 @@ __all__ = [
 
 MAX_CONFIG_BYTES = 4 * 2**20  # pi's JSON files are kilobytes; anything bigger is not ours
 _NOFOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC
-
-
-class HostFileError(PimagicError):
-    """A host-side file pimagic reads or writes is not what it must be (a symlink, a FIFO, too big)."""
 
 
 def _refuse(path: str, what: str) -> HostFileError:

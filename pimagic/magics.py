@@ -3,39 +3,61 @@ No direct Docker calls here."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import time
 import uuid
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
-from IPython.display import display
+from IPython.display import clear_output, display
 
-from . import changes as changes_mod
+from . import conversations, providers, statedir, workspace
+from .advice import model_choices_hint, turn_failure
 from .config import PimagicSettings, load_settings, trust_env_file
-from .errors import DockerUnavailableError, PimagicError
+from .errors import ModelNotFoundError, PimagicError, RpcError, TurnFailed, TurnInterrupted
 from .parsers import HELP_TEXT, CellArgs, LineCommand, interpolate, parse_cell_args, parse_line
-from .render import PiResult, TurnRenderer, clean, escape_name
+from .render import TurnRenderer, session_usage
 from .rpc import TICK
+from .sanitize import clean, escape_name
 from .session import PiSession
+from .turn import PiResult
+from .warmstart import WarmStart, wanted
 
 RESULT_VAR = "_pi"
-FLUSH_TICK = 0.25  # seconds of silence from pi after which held-back output is shown
+KERNEL_KEY = "kernel-"  # a conversation of this process only (no notebook known)
+FLUSH_TICK = 0.01  # seconds of silence from pi after which held-back live output is shown
 
 
-def conversation_key(shell: Any) -> str:
-    """Which conversation this kernel continues: the notebook's path when Jupyter tells us
-    (so a restarted kernel resumes it), else one fresh key per process."""
+def conversation_key(shell: Any) -> str | conversations.Notebook:
+    """Which conversation this kernel continues: its notebook's file as it is now, when Jupyter
+    (JPY_SESSION_NAME) or VS Code names it, so a restarted kernel resumes it even after a rename
+    (pimagic.conversations); else a named one (PIMAGIC_CONVERSATION); else one per process.
+    Called once, when the extension loads: the file's identity is taken before anything renames it."""
     explicit = os.environ.get("PIMAGIC_CONVERSATION")
     if explicit:
         return explicit
-    notebook = os.environ.get("JPY_SESSION_NAME") or (shell.user_ns.get("__session__") if shell else None)
+    ns = shell.user_ns if shell is not None else {}
+    notebook = os.environ.get("JPY_SESSION_NAME") or ns.get("__session__") or ns.get("__vsc_ipynb_file__")
     if notebook:
-        return "nb-" + os.path.basename(str(notebook)).removesuffix(".ipynb")
-    return f"kernel-{uuid.uuid4().hex[:8]}"
+        return conversations.notebook_at(str(notebook))
+    return f"{KERNEL_KEY}{uuid.uuid4().hex[:8]}"
+
+
+_PI_CELL = re.compile(r"%%pi(\s|$)")
+
+
+def prompt_on_magic_line(lines: list[str]) -> list[str]:
+    """An IPython input transformer: a cell that is only `%%pi Create a snake game` gets an empty
+    body line, so IPython calls the cell magic (which takes the prompt from the line) instead of
+    answering "the cell body is empty, did you mean %pi"."""
+    if len(lines) == 1 and _PI_CELL.match(lines[0]):
+        return [lines[0] if lines[0].endswith("\n") else lines[0] + "\n", "\n"]
+    return lines
 
 
 def _in_kernel(shell: Any) -> bool:
@@ -43,24 +65,27 @@ def _in_kernel(shell: Any) -> bool:
 
 
 class _LiveOutput:
-    """A display handle updated while a turn streams; plain prints outside a kernel."""
+    """The turn's live view in a kernel: one display output per slot of render.LiveView (a
+    finished piece is sent once, the growing one and the footer are updated in place)."""
 
     def __init__(self, shell: Any, quiet: bool) -> None:
         self.live = _in_kernel(shell) and not quiet
-        self.handle = None
+        self.handles: dict[int, Any] = {}
 
-    def emit(self, bundle: dict, final: bool) -> None:
+    def emit(self, slot: int, bundle: dict, new: bool) -> None:
         if not self.live:
             return
-        if self.handle is None:
-            self.handle = display(bundle, raw=True, display_id=True)
+        if new:
+            self.handles[slot] = display(bundle, raw=True, display_id=True)
         else:
-            self.handle.update(bundle, raw=True)
+            self.handles[slot].update(bundle, raw=True)
 
-    def close(self) -> None:
-        # The cell's return value carries the final, static output: empty the live area.
-        if self.handle is not None:
-            self.handle.update({"text/plain": ""}, raw=True)
+    def close(self, other_outputs: bool = False) -> None:
+        # The cell's value (or the display of it after Ctrl-C or a failure) is the final, static
+        # output: the front end clears the live outputs (and the start-up progress line,
+        # `other_outputs`) when it arrives, so a saved notebook keeps only it, not an empty leftover.
+        if self.handles or other_outputs:
+            clear_output(wait=True)
 
 
 class _Progress:
@@ -111,31 +136,64 @@ class PiMagics(Magics):
         super().__init__(shell)
         self.settings = settings or load_settings(parent=shell)
         self._env_notes = list(self.settings.env_notes)  # a refused `.env`: said in the next cell
+        # pi's current model, for the footer from a turn's start; None: ask pi (once) at the next cell
+        self._last_model: str | None = None
+        self.settings.observe(self._forget_model, names=["model"])
         self._session: PiSession | None = None
         self.panels: weakref.WeakSet = weakref.WeakSet()  # open settings panels, refreshed after cells
-        self.settings.observe(self._on_paranoid, names=["paranoid"])
+        # Which conversation: decided now, as the kernel starts, and kept for its life.
+        self.conversation = conversation_key(shell)
+        self._start_action: str | None = None  # what the kernel's first start did to the sandbox
+        self._greeted = False  # the first %%pi output says it and whether the conversation continues
+        self.warm: WarmStart | None = None  # the start begun by `%load_ext` (pimagic.warmstart)
 
     @property
     def session(self) -> PiSession:
         if self._session is None:
-            self._session = PiSession(self.settings, conversation_key(self.shell))
+            self._session = PiSession(self.settings, self.conversation)
         return self._session
 
-    def _on_paranoid(self, change: dict) -> None:
-        # Policy lives in a root-only file in the running sandbox; the next gh call reads it.
-        try:
-            sandbox = self.session.sandbox
-            if sandbox.find() is not None:
-                sandbox.apply_policy()
-        except DockerUnavailableError:
-            pass  # no engine yet: PiSession.ensure() pushes the policy when the sandbox starts
+    def start_in_background(self) -> WarmStart | None:
+        """`%load_ext` in a kernel: start the sandbox and pi now, in a background thread, so the
+        first cell finds them ready (it joins a start still in flight); None when not wanted."""
+        if self.warm is None and wanted(self.shell, self.settings):
+            self.warm = WarmStart(self.session).begin()
+        return self.warm
+
+    def _open(self, progress: Any = None) -> None:
+        """Start pi for a line command when needed; what the start did is printed."""
+        report = self.session.open(progress=progress)
+        self._saw_start(report.action)
+        for note in report.notes:
+            print(f"pimagic: {clean(note)}")
+
+    def _saw_start(self, action: str) -> None:
+        if action != "running" and self._start_action is None:
+            self._start_action = action
+
+    def _greeting(self, action: str, fresh: bool) -> str:
+        """For the kernel's first %%pi output: "sandbox started" / "joined the running sandbox",
+        and whether this notebook's conversation continues (how many prompts) or starts."""
+        self._saw_start(action)
+        if self._greeted:
+            return ""
+        self._greeted = True
+        session = self.session
+        claim = None if fresh else session.claim  # `--new`: the cell says it starts fresh itself
+        if isinstance(self.conversation, conversations.Notebook):
+            kind = "notebook"
+        else:
+            kind = "kernel" if self.conversation.startswith(KERNEL_KEY) else "named"
+        prompts = session.prompt_count() if claim is not None else None
+        return conversations.greeting(self._start_action, claim, prompts, kind=kind)
 
     # --- entry point -----------------------------------------------------------
 
     @line_cell_magic
     def pi(self, line: str, cell: str | None = None) -> Any:
-        """%%pi [-m PROVIDER/ID] [-t LEVEL] [--new] [--timeout S] [-i] [-o NAME] [-q]  +  prompt;
-        %pi status|new|abort|model|models|thinking|stop|restart|logs|settings|help"""
+        """%%pi [-m PROVIDER/ID] [-t LEVEL] [--new] [--timeout S] [-i] [-o NAME] [-q] [--keep-going]
+        + a prompt in the cell body or on the line (`%%pi Create a snake game`); `%pi PROMPT` too;
+        %pi status|new|abort|model|models|thinking|stop|restart|logs|settings|trust-env|help"""
         if cell is None:
             return self._line(parse_line(line))
         return self._cell(parse_cell_args(line), cell)
@@ -143,67 +201,170 @@ class PiMagics(Magics):
     # --- %%pi --------------------------------------------------------------------
 
     def _cell(self, args: CellArgs, cell: str) -> PiResult:
-        prompt = cell.strip()
+        # The words on the magic line (`%%pi Create a snake game`), then the cell body.
+        prompt = "\n\n".join(part for part in (args.prompt.strip(), cell.strip()) if part)
         if args.interpolate:
             prompt = interpolate(prompt, self.shell.user_ns if self.shell else {})
         if not prompt:
-            raise UsageError("%%pi needs a prompt in the cell body. See `%pi help`.")
+            raise UsageError(
+                "%%pi needs a prompt: in the cell body, or on the line (`%%pi Create a snake game`). "
+                "See `%pi help`."
+            )
         session = self.session
         progress = _Progress(self.shell)
         live = _LiveOutput(self.shell, args.quiet)
         renderer = TurnRenderer(live.emit)
-        workspace = self.settings.workspace_path
-        before = changes_mod.snapshot(workspace)
+        folder = self.settings.workspace_path
+        self.settings.check_workspace_pin()  # a folder replaced by a link is not even walked
+        before = workspace.snapshot(folder)
         try:
-            session.hide_new_secrets(progress=progress, candidates=before)
-            session.ensure(progress=progress)
+            # A snapshot cut at its bound is not the folder: the secret check then walks it all.
+            files = before if workspace.complete(before) else None
+            report = session.open(progress=progress, workspace_files=files)
+        except RpcError as e:  # PIMAGIC_MODEL names a model pi does not have
+            raise self._model_error(e, self.settings.model, "PimagicSettings.model / PIMAGIC_MODEL") from None
         finally:
             progress.done()
-        for note in [*self._env_notes, *session.notes]:
+        if report.action != "running":
+            self._forget_model()  # a new pi: its model is read again
+        greeting = self._greeting(report.action, args.new_session)
+        if greeting:
+            renderer.add_notice(greeting)
+        for note in [*self._env_notes, *report.notes]:
             renderer.add_notice(note, warn=True)
         self._env_notes.clear()
-        session.notes.clear()
         if args.new_session:
             session.new_session()
             renderer.add_notice("started a fresh pi session")
-        if args.model:
-            session.set_model(args.model.provider, args.model.id)
-        if args.thinking:
-            session.set_thinking(args.thinking)
+        restore = self._cell_overrides(args, renderer)
 
         started = time.monotonic()
+        renderer.start_clock()
         interrupted = False
+        broke: PimagicError | None = None
         try:
             timeout = args.timeout or self.settings.turn_timeout
             for event in session.prompt(prompt, timeout=timeout, tick=FLUSH_TICK):
                 if event.get("type") == TICK:
-                    renderer.flush()  # a pause: show what the throttle held back
+                    renderer.tick()  # a pause: show what the throttle held back, keep the clock going
                 else:
                     renderer.feed(event)
         except KeyboardInterrupt:
-            # rpc.prompt's cleanup already sent `abort` and waited for agent_settled.
+            # rpc.prompt's cleanup already sent `abort` and waited for agent_settled. Ctrl-C and
+            # the toolbar's button are the same SIGINT: say "interrupted", not which.
             interrupted = True
-            renderer.mark_aborted("interrupted (Ctrl-C); the sandbox and the session are still usable")
+            renderer.mark_aborted("interrupted; the sandbox and the session are kept")
         except PimagicError as e:
             renderer.add_error(str(e))
-        changed = changes_mod.diff(before, changes_mod.snapshot(workspace))
+            broke = e  # pimagic's side (channel, sandbox, disk limit): not the provider's fault
+        finally:
+            restore()
+        changed = workspace.diff(before, workspace.snapshot(folder))
         if changed.host_executable:
             renderer.add_notice(
                 "the agent created or changed files your machine may run: "
                 + ", ".join(map(escape_name, changed.host_executable)) + " (review before running anything here)",
                 warn=True,
             )
+        fails = self.settings.fail_on_error and not args.keep_going
+        failure = None if interrupted or renderer.error is None else self._failure(renderer, fails, broke)
         result = renderer.finish(changed.changed, time.monotonic() - started)
-        live.close()
+        live.close(progress.handle is not None)
         self._refresh_panels()
         if self.shell is not None:
             self.shell.user_ns[RESULT_VAR] = result
             if args.out:
                 self.shell.user_ns[args.out] = result
         if interrupted:
+            display(result)  # the cell's only output; then one line instead of a traceback
+            raise TurnInterrupted(result)
+        if failure is not None and fails:
             display(result)
-            raise KeyboardInterrupt
+            raise TurnFailed(failure, result=result)  # Run All stops here
         return result
+
+    def _forget_model(self, change: object = None) -> None:
+        self._last_model = None
+
+    def _cell_overrides(self, args: CellArgs, renderer: TurnRenderer) -> Callable[[], None]:
+        """`-m` / `-t` hold for this cell only: set them now and return what puts the session's
+        own back after the turn. Tells the renderer the model, so the footer names it at once."""
+        session = self.session
+        if not (args.model or args.thinking):  # nothing to set or restore: no round trip to pi
+            if self._last_model is None:
+                model = (session.state() or {}).get("model") or {}
+                self._last_model = f"{model.get('provider')}/{model.get('id')}" if model.get("id") else ""
+            if self._last_model:
+                renderer.turn.model = self._last_model
+            return lambda: None
+        state = session.state() or {}
+        before = state.get("model") or {}
+        thinking = state.get("thinkingLevel")
+        model = before
+
+        def restore() -> None:
+            with contextlib.suppress(PimagicError):  # pi gone: the next cell starts it with the settings
+                if args.model and before and (before.get("provider"), before.get("id")) != (
+                    args.model.provider, args.model.id
+                ):
+                    session.set_model(str(before.get("provider")), str(before.get("id")))
+                if (args.model or args.thinking) and thinking:
+                    session.set_thinking(thinking)  # a model switch may have clamped it too
+
+        try:
+            if args.model:
+                model = self._set_model(args.model.provider, args.model.id, "-m")
+            if args.thinking:
+                session.set_thinking(args.thinking)
+        except BaseException:
+            restore()
+            raise
+        if model.get("id"):
+            renderer.turn.model = f"{model.get('provider')}/{model.get('id')}"
+        self._last_model = None  # the session's own model may differ after the restore: ask again
+        return restore
+
+    def _set_model(self, provider: str, model_id: str, where: str) -> dict:
+        try:
+            return self.session.set_model(provider, model_id)
+        except RpcError as e:
+            raise self._model_error(e, f"{provider}/{model_id}", where) from None
+
+    def _model_error(self, error: RpcError, spec: str, where: str) -> PimagicError:
+        """pi's "Model not found" as what is available instead; other RPC errors as they are."""
+        if "model not found" not in error.message.lower():
+            return error
+        try:
+            models = self.session.ensure().get_available_models()
+        except PimagicError:
+            models = []
+        names = [f"{m.get('provider')}/{m.get('id')}" for m in models]
+        return ModelNotFoundError(f"pi has no model {spec!r} (from {where})", hint=model_choices_hint(spec, names))
+
+    def _failure(self, renderer: TurnRenderer, fails: bool, broke: PimagicError | None = None) -> str:
+        """A failed turn: add what to do to the cell's output; return the cell's one-line error.
+        `broke`: pimagic's own error (its hint is already shown), else pi reported the model's."""
+        error, model = renderer.error or "", renderer.turn.model
+        summary, todo = turn_failure(
+            error, model, self._provider_url(model), aborted=renderer.aborted, own=broke is not None
+        )
+        if fails:
+            todo += (" (this cell fails, so Run All stops here; `%%pi --keep-going` or "
+                     "PIMAGIC_FAIL_ON_ERROR=false go on)")
+        renderer.add_notice(f"what to do: {todo}", warn=True)
+        return summary
+
+    def _provider_url(self, model: str | None) -> str | None:
+        """The provider's address as the user configured it (host-owned models.json, never the
+        sandbox's copy), or None (a built-in provider, or none configured)."""
+        if not model or "/" not in model:
+            return None
+        try:
+            entry = providers.configured_providers(statedir.config_dir(self.settings)).get(model.split("/", 1)[0])
+        except (OSError, PimagicError):
+            return None
+        url = entry.get("baseUrl") if isinstance(entry, dict) else None
+        return url if isinstance(url, str) and url else None
 
     def _refresh_panels(self) -> None:
         """Keep open panels' status current (cheap: no docker stats); never fail the cell for it."""
@@ -216,16 +377,27 @@ class PiMagics(Magics):
     # --- %pi SUBCOMMAND -------------------------------------------------------------
 
     def _line(self, cmd: LineCommand) -> Any:
+        self._forget_model()  # a line command may switch or restart pi
         handler = getattr(self, f"_do_{cmd.name.replace('-', '_')}", None)
         if handler is None:  # parse_line already validated the name
             raise UsageError(f"%pi {cmd.name} is not implemented")
         return handler(cmd)
 
+    def _do_prompt(self, cmd: LineCommand) -> PiResult:
+        """`%pi Create a snake game`: a line that is not a subcommand is a prompt."""
+        assert cmd.cell is not None  # parse_line sets it for "prompt"
+        return self._cell(cmd.cell, "")
+
     def _do_help(self, cmd: LineCommand) -> None:
         print(HELP_TEXT)
 
     def _do_status(self, cmd: LineCommand) -> None:
-        print(self.session.sandbox.status(with_stats=True))
+        st = self.session.sandbox.status(with_stats=True)
+        if st.state == "missing":  # before the first run: not an error
+            print(f"{st.name}: not started yet (the first %%pi cell starts it)")
+        else:
+            print(st)
+        print(self.session.policy_status())
         state = self.session.state()
         if state is None:
             print("pi: not running for this notebook (the next %%pi cell starts it)")
@@ -233,24 +405,36 @@ class PiMagics(Magics):
         model = state.get("model") or {}
         print(
             f"pi: session {state.get('sessionId')}, model {model.get('provider')}/{model.get('id')}, "
-            f"thinking {state.get('thinkingLevel')}, {state.get('messageCount')} messages"
+            f"thinking {state.get('thinkingLevel')}, {conversations.prompts_text(self.session.prompt_count())}"
         )
+        print(self._usage_line())
+
+    def _usage_line(self) -> str:
+        """The session's token usage and cost for `%pi status` (pi's get_session_stats)."""
+        rpc = self.session.rpc
+        try:
+            return f"pi: {session_usage(rpc.get_session_stats())}" if rpc is not None else ""
+        except PimagicError as e:
+            return f"pi: token usage not available ({e.message})"
 
     def _do_new(self, cmd: LineCommand) -> None:
+        self._open()
         print(f"new pi session {self.session.new_session()}")
 
     def _do_abort(self, cmd: LineCommand) -> None:
         print("aborted" if self.session.abort() else "nothing to abort")
 
     def _do_model(self, cmd: LineCommand) -> None:
+        self._open()
         if cmd.model is not None:
-            model = self.session.set_model(cmd.model.provider, cmd.model.id)
+            model = self._set_model(cmd.model.provider, cmd.model.id, "%pi model")
             self.settings.model = f"{model.get('provider', cmd.model.provider)}/{model.get('id', cmd.model.id)}"
         state = self.session.ensure().get_state()
         model = state.get("model") or {}
         print(f"{model.get('provider')}/{model.get('id')}" if model else "no model selected")
 
     def _do_models(self, cmd: LineCommand) -> None:
+        self._open()
         models = self.session.ensure().get_available_models()
         if not models:
             print("no models available: configure a provider (see `%pi settings`)")
@@ -258,30 +442,60 @@ class PiMagics(Magics):
             print(f"{m.get('provider')}/{m.get('id')}")
 
     def _do_thinking(self, cmd: LineCommand) -> None:
+        self._open()
         if cmd.thinking:
             self.session.set_thinking(cmd.thinking)
-            self.settings.thinking = cmd.thinking if cmd.thinking != "max" else self.settings.thinking
+            self.settings.thinking = cmd.thinking
         print(self.session.ensure().get_state().get("thinkingLevel"))
 
     def _do_stop(self, cmd: LineCommand) -> None:
+        state = self.session.sandbox.state()
         self.session.stop()
-        print(f"stopped {self.session.sandbox.name}")
+        name = self.session.sandbox.name
+        if state is None or not state.running:
+            print(f"nothing to stop: {name} is not running")
+        else:
+            print(f"stopped {name} (kept, stopped: the next %%pi cell starts it again; `pimagic clean` removes it)")
+
+    def _do_paranoid(self, cmd: LineCommand) -> None:
+        """Show paranoid mode, or make the user's deliberate choice for the folder (kept across kernels)."""
+        if cmd.on is not None:
+            try:
+                notes = self.session.set_paranoid(cmd.on, f"`%pi paranoid {'on' if cmd.on else 'off'}`")
+            except PimagicError as e:
+                if self.settings.paranoid != cmd.on:  # refused (a pin): nothing was recorded
+                    raise
+                notes = [f"recorded for the folder, but the running sandbox did not take it now ({e.message}); "
+                         "the next %%pi cell applies it"]
+            for note in notes:
+                print(f"pimagic: {clean(note)}")
+        print(self.session.policy_status())
 
     def _do_restart(self, cmd: LineCommand) -> None:
         progress = _Progress(self.shell)
-        self.session.restart(progress=progress)
-        progress.done()
-        print(f"restarted {self.session.sandbox.name}; session {self.session.session_id}")
+        try:
+            notes = self.session.restart(progress=progress).notes
+        finally:
+            progress.done()
+        for note in notes:
+            print(f"pimagic: {clean(note)}")
+        print(f"restarted {self.session.sandbox.name} (a new container); session {self.session.session_id} continues")
 
     def _do_logs(self, cmd: LineCommand) -> None:
         # Both come from the sandbox: escape sequences (clipboard, title, cursor) are stripped.
         lines = cmd.lines or 50
         rpc = self.session.rpc
-        if rpc is not None:
+        stderr = clean("\n".join(rpc.stderr_tail.splitlines()[-lines:])).strip() if rpc is not None else ""
+        logs = clean(self.session.sandbox.logs(tail=lines)).strip()
+        if not stderr and not logs:
+            print("no output yet from pi or the sandbox (none since it last started)")
+            return
+        if stderr:
             print("--- pi stderr ---")
-            print(clean("\n".join(rpc.stderr_tail.splitlines()[-lines:])))
-        print("--- container logs ---")
-        print(clean(self.session.sandbox.logs(tail=lines)))
+            print(stderr)
+        if logs:
+            print("--- container logs ---")
+            print(logs)
 
     def _do_settings(self, cmd: LineCommand) -> Any:
         from .widgets import settings_panel

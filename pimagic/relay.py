@@ -1,10 +1,10 @@
-"""Local model servers for the sandbox: a small TCP relay plus the URL rewrite.
+"""A small TCP relay in the kernel: how the sandbox reaches a server on the host's loopback.
 
 A model server started the usual way on the host (llama.cpp ``--host 127.0.0.1
 --port 1337``, Ollama, LM Studio, vLLM) listens on loopback only. The sandbox
 reaches the host as ``host.docker.internal``, i.e. Docker's bridge gateway
-(e.g. 172.17.0.1), where such a server does not listen. A :class:`Relay` in the
-kernel process listens on the bridge gateway address (never 0.0.0.0: the model
+(e.g. 172.17.0.1, see :func:`bridge_gateway`), where such a server does not listen.
+A :class:`Relay` listens on the bridge gateway address (never 0.0.0.0: the model
 server must not be exposed to the LAN) and forwards every connection to
 ``127.0.0.1:PORT``.
 
@@ -16,42 +16,33 @@ not reachable from other machines (the gateway address is not routed from the
 LAN), and nothing else on the host is forwarded.
 
 Relays live as long as the kernel (stopped at interpreter exit, or with
-:func:`stop_all`). Only providers of the host-owned config (see pimagic.piconfig)
-are relayed -- never a URL from pi's agent dir, which the agent can write. Which
-port each used is recorded in the host-only ``relays.json``, so a restarted
-kernel reuses it.
+:func:`stop_all`). Which targets get one is pimagic.providers' decision (only
+providers of the host-owned config, never a URL the agent can write). Which port
+each used is recorded in the host-only ``relays.json`` (:func:`read_record`), so a
+restarted kernel reuses it.
 """
 
 from __future__ import annotations
 
 import atexit
-import json
-import re
 import selectors
 import socket
 import threading
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Iterable
 from typing import Any
 
-from . import piconfig
-from .errors import ConfigError, PimagicError
+from . import statedir
+from .errors import PimagicError, RelayError
 
 __all__ = [
     "LOCAL_HOSTS",
     "Relay",
-    "RelayError",
-    "add_model_server",
-    "container_url",
+    "bridge_gateway",
     "ensure_relay",
-    "is_local_url",
-    "list_server_models",
-    "normalize_base_url",
-    "relay_local_providers",
+    "read_record",
     "relays",
     "stop_all",
+    "write_record",
 ]
 
 LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
@@ -60,13 +51,6 @@ RELAYS_FILE = "relays.json"
 CONNECT_TIMEOUT = 10.0
 MAX_CONNECTIONS = 64  # open at once per relay; a model client needs a handful
 _BUFSIZE = 65536
-
-# Well-known default ports -> a readable provider name.
-_KNOWN_PORTS = {11434: "ollama", 1234: "lm-studio", 8000: "vllm", 8080: "llama-cpp", 1337: "llama-cpp"}
-
-
-class RelayError(PimagicError):
-    """A local model server could not be relayed into the sandbox, or listed."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -330,201 +314,27 @@ atexit.register(stop_all)
 
 
 # --------------------------------------------------------------------------------------------------
-# URLs
+# Where relays listen, and what they were
 # --------------------------------------------------------------------------------------------------
 
 
-def normalize_base_url(url: str) -> str:
-    """``http://host:port`` -> ``http://host:port/v1``; a given path is kept (trailing slash removed)."""
-    text = (url or "").strip()
-    if text and "://" not in text:
-        text = "http://" + text
-    parts = urllib.parse.urlsplit(text)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError("server URL", url, "expected an http(s) URL such as http://127.0.0.1:8080/v1")
-    try:
-        parts.port  # noqa: B018 - raises on a bad port
-    except ValueError:
-        raise ConfigError("server URL", url, "the port is not a number between 0 and 65535") from None
-    path = parts.path.rstrip("/") or "/v1"
-    return urllib.parse.urlunsplit((parts.scheme, parts.netloc, path, "", ""))
-
-
-def is_local_url(url: str) -> bool:
-    """True when the URL's host is this machine's loopback (which the sandbox cannot reach)."""
-    try:
-        host = urllib.parse.urlsplit(url).hostname
-    except ValueError:
-        return False
-    return (host or "").lower() in LOCAL_HOSTS
-
-
-def _port_of(parts: urllib.parse.SplitResult) -> int:
-    return parts.port or (443 if parts.scheme == "https" else 80)
-
-
-def container_url(
-    url: str, client: Any = None, *, listen_host: str | None = None, preferred_ports: Iterable[int] = ()
-) -> str:
-    """``url`` as the sandbox must use it. A loopback URL gets a relay (started or reused)
-    and becomes ``http://host.docker.internal:<relay port>/<same path>``; others are returned as is."""
-    from .sandbox import HOST_GATEWAY_NAME
-
-    if not is_local_url(url):
-        return url
-    parts = urllib.parse.urlsplit(url)
-    if listen_host is None:
-        if client is None:
-            raise RelayError("relaying a local model server needs a Docker client (to find the bridge gateway)")
-        from .offline import bridge_gateway
-
-        listen_host = bridge_gateway(client)
-    target = "127.0.0.1" if parts.hostname == "127.0.0.1" else parts.hostname or "127.0.0.1"
-    port = _port_of(parts)
-    relay = ensure_relay(port, listen_host=listen_host, target_host=target, preferred_ports=[*preferred_ports, port])
-    netloc = f"{HOST_GATEWAY_NAME}:{relay.port}"
-    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-
-
-# --------------------------------------------------------------------------------------------------
-# Providers in models.json
-# --------------------------------------------------------------------------------------------------
+def bridge_gateway(client: Any) -> str:
+    """The host's address on Docker's default bridge: where containers find host services."""
+    network = client.networks.get("bridge")
+    for config in network.attrs.get("IPAM", {}).get("Config") or []:
+        if config.get("Gateway"):
+            return config["Gateway"]
+    return "172.17.0.1"
 
 
 def read_record(settings: Any) -> dict[str, dict[str, str]]:
     """relays.json in the folder's host-only state dir: provider -> {hostUrl, containerUrl}."""
     try:
-        data = piconfig.read_json(piconfig.state_dir(settings) / RELAYS_FILE)
+        data = statedir.read_json(statedir.state_dir(settings) / RELAYS_FILE)
     except PimagicError:  # a broken record only costs the preferred port
         return {}
     return {k: v for k, v in data.items() if isinstance(v, dict)}
 
 
-def _write_record(settings: Any, record: dict[str, dict[str, str]]) -> None:
-    piconfig.write_json(piconfig.state_dir(settings) / RELAYS_FILE, record)
-
-
-def _relay_one(client: Any, url: str, entry: dict[str, str], listen_host: str | None) -> str:
-    """The sandbox URL for loopback `url`; an earlier kernel's relay port is preferred."""
-    preferred = []
-    if entry.get("hostUrl") == url and entry.get("containerUrl"):
-        preferred = [urllib.parse.urlsplit(entry["containerUrl"]).port or 0]
-    return container_url(url, client, listen_host=listen_host, preferred_ports=preferred)
-
-
-def relay_local_providers(settings: Any, client: Any, *, listen_host: str | None = None) -> dict[str, str]:
-    """Relay every provider of the HOST-OWNED models.json whose baseUrl is on loopback.
-
-    Called before pi starts, so a hand-written config (the seed's ``providers.llama-cpp``
-    at ``http://127.0.0.1:1337/v1``) works in the sandbox. Only what the user configured on
-    the host counts: pi's agent dir is the agent's and is never read. The host config keeps
-    the loopback URL; the sandbox's read-only view gets ``host.docker.internal:<relay port>``,
-    and ``relays.json`` remembers the port for later kernels.
-    Returns ``{provider: sandbox baseUrl}`` for the relayed providers.
-    Failures are a :class:`RelayError` (or the ConfigError of a broken models.json).
-    """
-    try:
-        providers = piconfig.configured_providers(piconfig.config_dir(settings))
-        record = read_record(settings)
-        before = json.dumps(record, sort_keys=True)
-        out: dict[str, str] = {}
-        for name, provider in providers.items():
-            url = provider.get("baseUrl") if isinstance(provider, dict) else None
-            if not isinstance(url, str) or not is_local_url(url):
-                continue
-            out[name] = _relay_one(client, url, record.get(name) or {}, listen_host)
-            record[name] = {"hostUrl": url, "containerUrl": out[name]}
-        if json.dumps(record, sort_keys=True) != before:
-            _write_record(settings, record)
-        piconfig.refresh_view(settings)
-        return out
-    except PimagicError:
-        raise
-    except Exception as e:
-        raise RelayError(
-            f"could not relay local model servers into the sandbox: {type(e).__name__}: {e}",
-            hint=f"check models.json in {piconfig.config_dir(settings)}, or use a baseUrl the sandbox can reach",
-        ) from e
-
-
-# --------------------------------------------------------------------------------------------------
-# Adding a local OpenAI-compatible server
-# --------------------------------------------------------------------------------------------------
-
-
-def list_server_models(url: str, *, timeout: float = 10.0) -> list[str]:
-    """Model ids served by an OpenAI-compatible server: ``GET <base>/models`` (base ends in /v1)."""
-    base = normalize_base_url(url)
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via a proxy
-    request = urllib.request.Request(base + "/models", headers={"Accept": "application/json"})
-    try:
-        with opener.open(request, timeout=timeout) as response:
-            body = response.read(4 * 2**20)
-    except urllib.error.HTTPError as e:
-        raise RelayError(
-            f"{base}/models answered HTTP {e.code}", hint="is this an OpenAI-compatible server (…/v1)?"
-        ) from None
-    except (urllib.error.URLError, OSError) as e:
-        reason = getattr(e, "reason", e)
-        raise RelayError(
-            f"cannot reach {base}/models: {reason}", hint="is the model server running on this machine?"
-        ) from None
-    try:
-        data = json.loads(body)
-        items = data.get("data") if isinstance(data, dict) else data
-        if not isinstance(items, list) and isinstance(data, dict):
-            items = data.get("models")  # Ollama's native /api/tags shape
-        ids = [str(m.get("id") or m.get("name") or m.get("model")) for m in items or [] if isinstance(m, dict)]
-    except (ValueError, AttributeError, TypeError):
-        raise RelayError(f"{base}/models did not return an OpenAI-style model list") from None
-    ids = [i for i in dict.fromkeys(ids) if i and i != "None"]
-    if not ids:
-        raise RelayError(f"{base}/models lists no models", hint="load a model in the server first")
-    return ids
-
-
-def provider_name_for(url: str) -> str:
-    """A readable provider id for a server URL: llama-cpp, ollama, lm-studio, vllm or local-PORT."""
-    parts = urllib.parse.urlsplit(normalize_base_url(url))
-    port = _port_of(parts)
-    if parts.hostname and parts.hostname.lower() not in LOCAL_HOSTS:
-        host = re.sub(r"[^a-z0-9]+", "-", parts.hostname.lower()).strip("-")
-        return f"{host}-{port}"
-    return _KNOWN_PORTS.get(port, f"local-{port}")
-
-
-def provider_config(base_url: str, model_ids: list[str], *, name: str | None = None) -> dict[str, Any]:
-    """A models.json provider entry for a generic OpenAI-compatible server (llama.cpp, Ollama, LM Studio, vLLM)."""
-    from .scripted_model import pi_provider_config
-
-    config = pi_provider_config(base_url, model_ids[0])
-    config["name"] = name or "local OpenAI-compatible server"
-    template = config["models"][0]
-    config["models"] = [{**template, "id": mid, "name": mid} for mid in model_ids]
-    return config
-
-
-def add_model_server(
-    settings: Any, client: Any, url: str, *, name: str | None = None, model_ids: list[str] | None = None,
-    listen_host: str | None = None,
-) -> tuple[str, list[str], str]:
-    """List a server's models and register it in the workspace's models.json.
-
-    A loopback URL is relayed (see :func:`container_url`). Returns ``(provider, model ids,
-    sandbox baseUrl)``. Does not select a model: the caller does (pi only sees a new provider
-    after its process restarts).
-    """
-    from .offline import register_provider
-
-    base = normalize_base_url(url)
-    ids = model_ids or list_server_models(base)
-    provider = name or provider_name_for(base)
-    sandbox_url = container_url(base, client, listen_host=listen_host)
-    # The host config keeps the URL the user gave; the sandbox's view gets the relay's.
-    register_provider(settings, provider, provider_config(base, ids, name=f"{provider} ({base})"))
-    if sandbox_url != base:
-        record = read_record(settings)
-        record[provider] = {"hostUrl": base, "containerUrl": sandbox_url}
-        _write_record(settings, record)
-    piconfig.refresh_view(settings)
-    return provider, ids, sandbox_url
+def write_record(settings: Any, record: dict[str, dict[str, str]]) -> None:
+    statedir.write_json(statedir.state_dir(settings) / RELAYS_FILE, record)

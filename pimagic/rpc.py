@@ -2,7 +2,8 @@
 
 Layered so the hard parts are testable without pi or Docker:
 
-1. pure framing: :class:`DockerFrameDecoder` (Docker's multiplexed exec stream),
+1. pure framing: :class:`DockerFrameDecoder` (Docker's multiplexed exec stream; :func:`demux`
+   reads a blocking socket through it),
    :class:`JsonlDecoder` (pi's strict JSONL) and :func:`encode_command`;
 2. transports (:class:`SocketTransport` for a ``docker exec`` socket, :class:`ProcessTransport` for a
    host subprocess) that only move bytes;
@@ -47,6 +48,7 @@ __all__ = [
     "Transport",
     "UndecodableLine",
     "assistant_error",
+    "demux",
     "encode_command",
 ]
 
@@ -111,6 +113,14 @@ class DockerFrameDecoder:
     def pending(self) -> int:
         """Bytes of an incomplete frame still buffered (non-zero at EOF means a truncated stream)."""
         return len(self._buf)
+
+
+def demux(sock: Any) -> Iterator[tuple[int, bytes]]:
+    """Read a blocking socket to EOF as Docker's ``(stream, payload)`` frames: short execs
+    (``Sandbox.exec``, the CLI's plain streams). The socket's own timeout applies to each read."""
+    decoder = DockerFrameDecoder()
+    while data := sock.recv(_READ_SIZE):
+        yield from decoder.feed(data)
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,12 @@ The widgets are linked to the settings traits (``traitlets.link``/``dlink``), so
 `.env`, the settings object, the panel and ``%config PimagicSettings.x = ...``
 always show the same values. Changes reach the running sandbox where pi allows
 it without losing the conversation (``set_model``/``set_thinking_level`` over
-RPC; paranoid mode through the settings trait that pushes the policy file);
-run options (memory, CPUs) need a restart and the status line says so.
+RPC; paranoid mode as the user's deliberate choice for the folder, recorded host-only so it
+outlives the kernel (pimagic.policy), then pushed to the running sandbox); run options (memory,
+CPUs) need a restart and the status line says so.
+
+A saved notebook reopened without a kernel, or exported by nbconvert, cannot show the live
+panel: its text/plain and text/html are a snapshot of the values at display time, marked as one.
 
 Every callback runs on the kernel's main thread (widget messages), never in a
 background thread, and shows its failure in the panel instead of failing silently.
@@ -14,6 +18,7 @@ background thread, and shows its failure in the panel instead of failing silentl
 from __future__ import annotations
 
 import html
+import re
 import time
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager
@@ -22,9 +27,10 @@ from typing import Any
 import ipywidgets as W
 from traitlets import dlink, link
 
-from . import piconfig
-from .config import THINKING_LEVELS, PimagicSettings
+from . import conversations, policy, providers, statedir
+from .config import THINKING_LEVELS, PimagicSettings, parse_model
 from .errors import PimagicError
+from .session import configure_pi
 
 __all__ = ["SettingsPanel", "model_choices", "settings_panel"]
 
@@ -41,7 +47,7 @@ def model_choices(models: Iterable[dict[str, Any]]) -> list[str]:
 def configured_models(settings: PimagicSettings) -> list[str]:
     """``provider/id`` of the models in the folder's host-owned models.json (no pi needed)."""
     out: list[str] = []
-    for name, provider in piconfig.configured_providers(piconfig.config_dir(settings)).items():
+    for name, provider in providers.configured_providers(statedir.config_dir(settings)).items():
         for model in (provider or {}).get("models") or []:
             if isinstance(model, dict) and model.get("id"):
                 out.append(f"{name}/{model['id']}")
@@ -51,18 +57,16 @@ def configured_models(settings: PimagicSettings) -> list[str]:
 class SettingsPanel(W.VBox):
     """The settings panel: ``SettingsPanel(settings, session)``; display it in a notebook.
 
-    ``session`` is a :class:`pimagic.session.PiSession` (or None: settings only).
-    ``push_policy`` makes the panel push paranoid mode into the running sandbox
-    itself; `%pi settings` turns it off because PiMagics already observes the trait.
+    ``session`` is a :class:`pimagic.session.PiSession` (or None: settings only); it pushes
+    paranoid mode into the running sandbox itself when the setting changes.
     """
 
     def __init__(
-        self, settings: PimagicSettings, session: Any = None, *, push_policy: bool = True, **kwargs: Any
+        self, settings: PimagicSettings, session: Any = None, **kwargs: Any
     ) -> None:
         super().__init__(**kwargs)
         self.settings = settings
         self.session = session
-        self._push_policy = push_policy
         self._quiet = False  # set while the panel itself changes widget options
         self._reverting = False
         self._links: list[Any] = []
@@ -125,7 +129,7 @@ class SettingsPanel(W.VBox):
         self._links.append(dlink((settings, "model"), (self.model_dropdown, "value"), self._model_option))
         self._links.append(dlink((settings, "memory"), (self.memory_text, "value")))
         self._links.append(dlink((settings, "cpus"), (self.cpus_text, "value")))
-        self.paranoid_box.observe(self._setter("paranoid"), names="value")
+        self.paranoid_box.observe(self._on_paranoid_box, names="value")
         self.model_dropdown.observe(self._setter("model"), names="value")
         self.memory_text.observe(self._setter("memory"), names="value")
         self.cpus_text.observe(self._setter("cpus"), names="value")
@@ -133,7 +137,6 @@ class SettingsPanel(W.VBox):
         # settings -> the running sandbox and pi (also for %config while the panel is open).
         self._observe_settings(self._on_model, ["model"])
         self._observe_settings(self._on_thinking, ["thinking"])
-        self._observe_settings(self._on_paranoid, ["paranoid"])
         self._observe_settings(self._on_run_option, _RESTART_TRAITS)
 
         self.refresh_button.on_click(lambda _: self._guard("refresh", self.refresh))
@@ -204,10 +207,35 @@ class SettingsPanel(W.VBox):
                     widget.value = self._model_option(current) if name == "model" else current
                 self.error(f"{name} not changed: {text}")
                 return
-            if name == "paranoid":
-                self._say_paranoid()
 
         return on_widget
+
+    def _on_paranoid_box(self, change: dict) -> None:
+        """Ticking or unticking is the user's deliberate choice for the folder: recorded on the
+        host (it outlives this kernel), then pushed, even when that lowers another notebook's."""
+        if self._quiet:
+            return
+        on = change["new"]
+        try:
+            if self.session is not None:
+                notes = self.session.set_paranoid(on, "the settings panel")
+            else:
+                policy.choose(self.settings, on, "the settings panel")
+                notes = []
+        except Exception as e:
+            text = str(e) if isinstance(e, PimagicError) else f"{type(e).__name__}: {e}"
+            with self._quietly():
+                self.paranoid_box.value = self.settings.paranoid
+            if self.settings.paranoid == on:  # recorded, but pushing it into the sandbox failed
+                self.error(f"paranoid = {on!r} saved, but applying it failed: {text}")
+            else:
+                self.error(f"paranoid not changed: {text}")
+            self._guard("refresh", self.refresh_status, stats=False)
+            return
+        self._say_paranoid()
+        for note in notes:
+            self.info(f"note: {note}")
+        self._guard("refresh", self.refresh_status, stats=False)
 
     def info(self, text: str) -> None:
         self.messages.append(text)
@@ -249,6 +277,7 @@ class SettingsPanel(W.VBox):
     def load_models(self, *, start: bool = False) -> list[str]:
         """Fill the model dropdown from pi (running, or started when ``start``), else from models.json."""
         if self.session is not None and (start or self._pi_running()):
+            self._open()
             models = model_choices(self.session.ensure().get_available_models())
         else:
             models = configured_models(self.settings)
@@ -258,26 +287,34 @@ class SettingsPanel(W.VBox):
     # --- status ----------------------------------------------------------------------------------
 
     def refresh_status(self, *, stats: bool = True) -> str:
+        """The status line: the sandbox, paranoid mode (as the host recorded it), pi. The Stop
+        button is enabled only while the sandbox runs."""
         lines: list[str] = []
-        stale = False
+        stale = running = False
+        self.stop_button.disabled = True  # until the engine says it runs (an error leaves it off)
         if self.session is not None:
             st = self.session.sandbox.status(with_stats=stats)
-            stale = st.stale
-            parts = [f"container <b>{html.escape(st.name)}</b>: {html.escape(st.state)}", *st.parts(escape=html.escape)]
-            lines.append(" · ".join(parts))
-            state = self.session.state() if st.state == "running" else None
+            stale, running = st.stale, st.state == "running"
+            if st.state == "missing":  # before the first run: nothing is wrong
+                lines.append(f"sandbox <b>{html.escape(st.name)}</b>: not started yet (the first %%pi cell starts it)")
+            else:
+                parts = st.parts(escape=html.escape)
+                lines.append(" · ".join([f"sandbox <b>{html.escape(st.name)}</b>: {html.escape(st.state)}", *parts]))
+            lines.append(_paranoid_html(self.session.policy_status(), self.settings.paranoid))
+            state = self.session.state() if running else None
             if state is not None:
                 model = state.get("model") or {}
                 current = f"{model.get('provider')}/{model.get('id')}" if model else "none"
                 lines.append(
                     f"pi: model <b>{html.escape(current)}</b> · thinking {html.escape(str(state.get('thinkingLevel')))}"
-                    f" · session {html.escape(str(state.get('sessionId')))} · {state.get('messageCount', 0)} messages"
+                    f" · session {html.escape(str(state.get('sessionId')))} · {self._prompts()}"
                 )
             else:
                 want = self.settings.model or "pi's default"
                 lines.append(f"pi: not running (starts with the next %%pi cell) · model {html.escape(want)}")
         else:
             lines.append("no session attached: settings only")
+            lines.append(_paranoid_html(policy.status(self.settings, None), self.settings.paranoid))
         if stale:
             lines.append(
                 '<span class="pimagic-restart-needed" style="color:#b36b00"><b>restart needed:</b> memory/CPU or '
@@ -286,7 +323,17 @@ class SettingsPanel(W.VBox):
             )
         lines.append(f'<span style="color:#777">refreshed {time.strftime("%H:%M:%S")}</span>')
         self.status_html.value = "<br>".join(lines)
+        self.stop_button.disabled = not running
         return self.status_html.value
+
+    def _prompts(self) -> str:
+        """How many prompts the conversation holds (not pi's message count); starts nothing."""
+        rpc = getattr(self.session, "rpc", None)
+        try:
+            count = rpc.get_session_stats().get("userMessages") if rpc is not None else None
+        except PimagicError:
+            count = None
+        return conversations.prompts_text(count if isinstance(count, int) and count >= 0 else None)
 
     def refresh(self, *, stats: bool = True) -> None:
         """Status and model list, without starting anything."""
@@ -302,19 +349,19 @@ class SettingsPanel(W.VBox):
             return
         value = change["new"]
         if self.session is not None:
-            self.session.configure_pi()  # pi's settings.json: defaultProvider/defaultModel
+            configure_pi(self.settings)  # pi's settings.json: defaultProvider/defaultModel
         if not value:
             self.info("model: pi's default (applies when pi starts)")
             return
         if not self._pi_running():
             self.info(f"model {value} saved; pi uses it when it starts")
             return
-        provider, _, model_id = value.partition("/")
+        model = parse_model(value)
         current = (self.session.state() or {}).get("model") or {}
-        if (current.get("provider"), current.get("id")) == (provider, model_id):
+        if (current.get("provider"), current.get("id")) == (model.provider, model.id):
             return
         try:
-            self.session.set_model(provider, model_id)
+            self.session.set_model(model.provider, model.id)
         except PimagicError:
             self._revert("model", change["old"])
             raise
@@ -326,7 +373,7 @@ class SettingsPanel(W.VBox):
             return
         value = change["new"]
         if self.session is not None:
-            self.session.configure_pi()
+            configure_pi(self.settings)
         if not value or not self._pi_running():
             self.info(f"thinking level {value or 'default'} saved; pi uses it when it starts")
             return
@@ -348,22 +395,15 @@ class SettingsPanel(W.VBox):
     def _sandbox_running(self) -> bool:
         if self.session is None:
             return False
-        container = self.session.sandbox.find()
-        if container is None:
-            return False
-        container.reload()
-        return container.status == "running"
-
-    def _on_paranoid(self, change: dict) -> None:
-        if self._push_policy and self._sandbox_running():
-            self.session.sandbox.apply_policy()
+        state = self.session.sandbox.state()
+        return state is not None and state.running
 
     def _say_paranoid(self) -> None:
         on = self.settings.paranoid
         what = "ON: gh account/repository administration is blocked" if on else "OFF"
         running = self._guard("check the sandbox", self._sandbox_running)
         when = "from the next gh call in the sandbox" if running else "when the sandbox starts"
-        self.info(f"paranoid mode {what} ({when})")
+        self.info(f"paranoid mode {what} ({when}); kept for this folder: later kernels start with it")
 
     def _on_run_option(self, change: dict) -> None:
         self.refresh_status(stats=False)
@@ -371,6 +411,14 @@ class SettingsPanel(W.VBox):
             self.info(f"{change['name']} = {change['new']}: press Restart to apply (the conversation is kept)")
 
     # --- actions ----------------------------------------------------------------------------------
+
+    def _open(self) -> None:
+        """Start pi when needed; what the start did is shown in the panel."""
+        self._say(self._need_session().open().notes)
+
+    def _say(self, notes) -> None:
+        for note in notes:
+            self.info(f"note: {note}")
 
     def _need_session(self) -> Any:
         if self.session is None:
@@ -386,19 +434,57 @@ class SettingsPanel(W.VBox):
     def restart(self) -> None:
         session = self._need_session()
         self.info("restarting the sandbox…")
-        session.restart()
+        self._say(session.restart().notes)
         self.info(f"restarted {session.sandbox.name}; session {session.session_id} resumed")
         self.refresh()
 
     def stop(self) -> None:
         session = self._need_session()
-        session.stop()
-        self.info(f"stopped {session.sandbox.name} (the next %%pi cell starts it again)")
+        if not self._sandbox_running():
+            self.info(f"nothing to stop: {session.sandbox.name} is not running")
+        else:
+            session.stop()
+            self.info(f"stopped {session.sandbox.name} (kept, stopped: the next %%pi cell starts it again)")
         self.refresh_status(stats=False)
+
+    # --- what a saved notebook shows ----------------------------------------------------------
+
+    def snapshot(self) -> dict[str, str]:
+        """text/plain and text/html of the panel's values now, marked as a snapshot: what a saved
+        notebook reopened without a kernel (or an nbconvert export) shows instead of the live panel."""
+        s = self.settings
+        paranoid = f"ON ({policy.describe(s)})" if s.paranoid else "off"
+        rows = [
+            ("Paranoid mode", paranoid),
+            ("Model", s.model or "pi's default"),
+            ("Thinking", s.thinking or "pi's default"),
+            ("Memory", s.memory),
+            ("CPUs", f"{s.cpus:g}"),
+        ]
+        status = [line for line in _html_text(self.status_html.value).splitlines() if line.strip()]
+        when = time.strftime("%Y-%m-%d %H:%M:%S")
+        head = f"pimagic settings: a snapshot taken {when}, not live (run `%pi settings` in a kernel to change them)"
+        text = "\n".join([head, *(f"  {k}: {v}" for k, v in rows), *(f"  {line}" for line in status)])
+        cells = "".join(f"<tr><th style='text-align:left'>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>"
+                        for k, v in rows)
+        status_html = "".join(f"<div>{html.escape(line)}</div>" for line in status)
+        page = (f'<div class="pimagic-settings-snapshot"><p><b>pimagic settings</b>: a snapshot taken '
+                f"{html.escape(when)}, not live (run <code>%pi settings</code> in a kernel to change them)</p>"
+                f"<table>{cells}</table>{status_html}</div>")
+        return {"text/plain": text, "text/html": page}
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any] | None:
+        """The widget view (first, for a live front end) plus the snapshot in place of ipywidgets'
+        Python repr (whose checkbox value could be stale or wrong)."""
+        data = super()._repr_mimebundle_(**kwargs)
+        if data is None:
+            return None
+        data.update(self.snapshot())
+        return data
 
     def add_server(self, url: str | None = None) -> str:
         """Register a local OpenAI-compatible server and select its first model; returns provider/id."""
-        from .relay import add_model_server, normalize_base_url
+        from .providers import add_model_server, normalize_base_url
 
         url = (url if url is not None else self.server_url.value).strip()
         if not url:
@@ -412,7 +498,7 @@ class SettingsPanel(W.VBox):
             # pi reads models.json when it starts: restart the pi process, not the container;
             # --session-id resumes the same conversation.
             session.close()
-            session.ensure()
+            self._open()
         self.settings.model = choice
         self._set_model_options([*self._option_values(), *(f"{provider}/{i}" for i in ids)])
         self.info(f"added {provider} with {len(ids)} model(s){relayed}; model {choice} selected")
@@ -420,9 +506,19 @@ class SettingsPanel(W.VBox):
         return choice
 
 
+def _html_text(fragment: str) -> str:
+    """Our own status HTML as plain text (line breaks kept)."""
+    return html.unescape(re.sub(r"<[^>]+>", "", fragment.replace("<br>", "\n")))
+
+
+def _paranoid_html(line: str, on: bool) -> str:
+    color = "#b00020" if on else "#555"
+    return f'<span class="pimagic-paranoid-status" style="color:{color}">{html.escape(line)}</span>'
+
+
 def settings_panel(magics: Any) -> SettingsPanel:
     """`%pi settings`: the panel over the extension's settings and this notebook's session.
     The magic refreshes its status line after every `%%pi` cell."""
-    panel = SettingsPanel(magics.settings, magics.session, push_policy=False)
+    panel = SettingsPanel(magics.settings, magics.session)
     magics.panels.add(panel)
     return panel

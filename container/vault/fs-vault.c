@@ -16,7 +16,8 @@
  * Paths are made absolute against the cwd or the dirfd, then canonicalised with
  * realpath(3) when they exist, or lexically (".", "..", "//") plus the realpath
  * of the parent when they do not. rename/link check both ends without following
- * the last component.
+ * the last component. Refusals print "[SYSTEM BLOCK: libc-fs] ..." on stderr (app-firewall.js
+ * says "node-fs"), so a test can tell which firewall refused.
  *
  * Exceptions: euid 0 (root's own maintenance, e.g. put-secret), and -- for the
  * auth.json/.env rules only -- the node binary started with the Node firewall
@@ -88,7 +89,7 @@ static void refuse_if_shadowed(void)
         void *mine = dlsym(own, WRAPPED[i]);
         void *first = dlsym(RTLD_DEFAULT, WRAPPED[i]);
         if (mine && first && mine != first) {
-            static const char msg[] = "[SYSTEM BLOCK] fs-vault: a preloaded library (LD_PRELOAD) shadows "
+            static const char msg[] = "[SYSTEM BLOCK: libc-fs] fs-vault: a preloaded library (LD_PRELOAD) shadows "
                                       "the file firewall; refusing to run\n";
             (void)!write(2, msg, sizeof msg - 1);
             _exit(126);
@@ -250,7 +251,7 @@ static int blocked(int dirfd, const char *path, int follow_last)
     if (!denied_path(real))
         return 0;
     char msg[PATH_MAX + 64];
-    int n = snprintf(msg, sizeof msg, "fs-vault: [SYSTEM BLOCK] access to %s denied\n", real);
+    int n = snprintf(msg, sizeof msg, "[SYSTEM BLOCK: libc-fs] fs-vault: access to %s denied\n", real);
     if (n > 0)
         (void)!write(2, msg, (size_t)n < sizeof msg ? (size_t)n : sizeof msg - 1);
     errno = EACCES;

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import os
-import pty
-import select
 import subprocess
 import sys
 import time
 
 import pytest
-from _support import AGENT_GID, AGENT_UID
+from _support import AGENT_GID, AGENT_UID, Pty
 
 from pimagic import image as image_mod
-from pimagic import piconfig
+from pimagic import statedir
 from pimagic.sandbox import Sandbox
 
 
@@ -55,52 +53,29 @@ def test_shell_runs_as_the_host_user_in_the_workspace(settings, workspace):
 def test_run_draws_the_tui_in_a_pty_and_exits_cleanly(settings):
     env = dict(os.environ, PIMAGIC_IMAGE=settings.image, PIMAGIC_PI_DATA_DIR=settings.pi_data_dir,
                TERM="xterm-256color", COLUMNS="100", LINES="30")
-    pid, fd = pty.fork()
-    if pid == 0:  # child: the CLI with a real terminal
-        os.execvpe(sys.executable, [sys.executable, "-m", "pimagic.cli", "-w", settings.workspace, "run"], env)
-    screen = b""
-
-    def read_for(seconds: float) -> None:
-        nonlocal screen
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            ready, _, _ = select.select([fd], [], [], 0.2)
-            if ready:
-                try:
-                    screen += os.read(fd, 65536)
-                except OSError:
-                    return
-
-    try:
-        read_for(20)
-        assert b"\x1b[" in screen  # a full-screen terminal UI, drawn with escape sequences
-        text = screen.decode(errors="replace")
-        assert "pi" in text.lower()
-        os.write(fd, b"\x03")  # Ctrl-C twice: pi's TUI quits
+    with Pty([sys.executable, "-m", "pimagic.cli", "-w", settings.workspace, "run"], env) as term:
+        term.read_for(20)
+        assert b"\x1b[" in term.screen  # a full-screen terminal UI, drawn with escape sequences
+        assert "pi" in term.screen.decode(errors="replace").lower()
+        term.write(b"\x03")  # Ctrl-C twice: pi's TUI quits
         time.sleep(0.5)
-        os.write(fd, b"\x03")
-        os.write(fd, b"\x04")
+        term.write(b"\x03")
+        term.write(b"\x04")
         deadline = time.monotonic() + 20
-        status = None
-        while time.monotonic() < deadline:
-            read_for(0.5)
-            done, status = os.waitpid(pid, os.WNOHANG)
-            if done:
-                break
-        assert status is not None and os.WIFEXITED(status), screen[-2000:]
-        assert os.WEXITSTATUS(status) == 0
-    finally:
-        try:
-            os.kill(pid, 9)
-            os.waitpid(pid, 0)
-        except (ProcessLookupError, ChildProcessError):
+        while time.monotonic() < deadline and term.read_for(0.5):
             pass
-        os.close(fd)
+        deadline = time.monotonic() + 5
+        while not term.exited() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert term.status is not None and os.WIFEXITED(term.status), term.screen[-2000:]
+        assert os.WEXITSTATUS(term.status) == 0
 
 
 def test_run_options_carry_the_hardening(settings, docker_client):
     sandbox = Sandbox(settings, docker_client)
-    container = sandbox.start()
+    started = sandbox.start()
+    container = started.container
+    assert started.action == "created"
     host = container.attrs["HostConfig"]
     assert host["CapDrop"] == ["ALL"] and not host.get("CapAdd")
     assert host["ReadonlyRootfs"] is True
@@ -120,6 +95,14 @@ def test_run_options_carry_the_hardening(settings, docker_client):
     assert sandbox.exec(["id", "-u"])[1].decode().strip() == str(AGENT_UID)
     sources = [m["Source"] for m in container.attrs["Mounts"]]
     assert "/var/run/docker.sock" not in sources and "/run/docker.sock" not in sources
+    # What runs is what hardening.container_kwargs says, and status() sees a settings change only.
+    assert container.labels["org.pimagic.run-config"] == sandbox.run_kwargs(settings.image)["labels"][
+        "org.pimagic.run-config"]
+    assert not sandbox.status().stale
+    (settings.workspace_path / "new.key").write_text("k")  # a start's business, not status()'s
+    assert not sandbox.status().stale
+    settings.memory = "1g"
+    assert sandbox.status().stale and "settings changed" in str(sandbox.status())
 
 
 def test_same_folder_reuses_the_container_other_folder_gets_its_own(settings, docker_client, tmp_path):
@@ -127,14 +110,14 @@ def test_same_folder_reuses_the_container_other_folder_gets_its_own(settings, do
 
     from pimagic.config import load_settings
 
-    first = Sandbox(settings, docker_client).start()
+    first = Sandbox(settings, docker_client).start().container
     again = Sandbox(settings, docker_client).start()
-    assert again.id == first.id
+    assert again.container.id == first.id and again.action == "joined"
     other = load_settings(make_workspace(tmp_path / "other"), environ=os.environ, image=settings.image,
                           pi_data_dir=str(tmp_path / "other-data" / "agent"))
     sandbox = Sandbox(other, docker_client)
     try:
-        assert sandbox.start().id != first.id
+        assert sandbox.start().container.id != first.id
     finally:
         sandbox.remove()
 
@@ -152,11 +135,11 @@ def test_secret_files_in_the_workspace_are_masked(settings, docker_client, works
 
 def test_container_that_died_is_replaced_and_workspace_kept(settings, docker_client, workspace):
     sandbox = Sandbox(settings, docker_client)
-    first = sandbox.start()
+    first = sandbox.start().container
     sandbox.exec(["sh", "-c", "echo kept > /workspace/kept.txt"])
     first.kill()
     second = sandbox.start()
-    assert second.id != first.id
+    assert second.container.id != first.id and second.action == "created"
     assert (workspace / "kept.txt").read_text() == "kept\n"
 
 
@@ -187,7 +170,7 @@ def test_concurrent_starts_for_one_folder_all_join_one_container(settings, docke
         try:  # each "kernel" has its own settings object and client, as separate processes would
             mine = load_settings(settings.workspace, environ=os.environ, image=settings.image,
                                  pi_data_dir=settings.pi_data_dir)
-            ids.append(Sandbox(mine).start().id)
+            ids.append(Sandbox(mine).start().container.id)
         except Exception as e:  # noqa: BLE001 - collected and asserted below
             errors.append(e)
 
@@ -208,7 +191,7 @@ def test_run_reaches_a_model_server_on_the_hosts_loopback(settings):
     from pimagic.scripted_model import ScriptedModelServer, pi_provider_config, say
 
     with ScriptedModelServer(script=[say("hello from the loopback model")], model_id="gemma-local") as llama:
-        cfg = piconfig.config_dir(settings)  # host-owned: the sandbox reads a read-only copy
+        cfg = statedir.config_dir(settings)  # host-owned: the sandbox reads a read-only copy
         cfg.mkdir(parents=True, exist_ok=True)
         (cfg / "models.json").write_text(json.dumps(
             {"providers": {"llama-cpp": pi_provider_config(llama.url, "gemma-local")}}))
@@ -218,3 +201,38 @@ def test_run_reaches_a_model_server_on_the_hosts_loopback(settings):
         result = cli(settings, "run", "--", "-p", "say hello")
     assert result.returncode == 0, result.stderr
     assert "hello from the loopback model" in result.stdout
+
+
+def test_a_running_sandbox_survives_a_start_that_cannot_make_its_image(settings, docker_client, workspace, tmp_path):
+    """The image tag cannot be computed (a missing extra CA file): the running container is kept
+    (joined, with a note) while it hides every secret file, else the start fails; nothing is
+    removed either way. With nothing running, the start fails before creating anything."""
+    from pimagic.config import load_settings
+    from pimagic.errors import ImageBuildError, SandboxError
+
+    (workspace / ".env").write_text("GIT_NAME=someone\n")
+    first = Sandbox(settings, docker_client).start().container
+    gone = tmp_path / "moved-away.pem"
+    broken = load_settings(settings.workspace, environ=os.environ, pi_data_dir=settings.pi_data_dir,
+                           image="", extra_ca_certs=[str(gone)])
+
+    def running_id() -> str:
+        container = docker_client.containers.get(settings.container_name)
+        assert container.status == "running"
+        return container.id
+
+    started = Sandbox(broken, docker_client).start()
+    assert started.action == "joined" and started.container.id == first.id == running_id()
+    assert any("kept the running sandbox" in n and "moved-away.pem" in n for n in started.notes), started.notes
+    assert Sandbox(broken, docker_client).exec(["cat", "/workspace/.env"])[1] == b""  # still hidden
+
+    (workspace / "deploy.pem").write_text("not hidden in the running container")
+    with pytest.raises(SandboxError, match="not hidden in it: deploy.pem") as e:
+        Sandbox(broken, docker_client).start()
+    assert "moved-away.pem" in str(e.value) and "left as it was" in str(e.value)
+    assert running_id() == first.id
+
+    Sandbox(settings, docker_client).remove()
+    with pytest.raises(ImageBuildError, match="moved-away.pem"):
+        Sandbox(broken, docker_client).start()
+    assert Sandbox(broken, docker_client).find() is None

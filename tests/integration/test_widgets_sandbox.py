@@ -9,9 +9,11 @@ import re
 
 import pytest
 
-from pimagic import piconfig, relay
-from pimagic.offline import bridge_gateway, register_provider, start_scripted_model, use_scripted_model
-from pimagic.sandbox import HOST_GATEWAY_NAME
+from pimagic import providers, relay, statedir
+from pimagic.hardening import HOST_GATEWAY_NAME
+from pimagic.offline import start_scripted_model, use_scripted_model
+from pimagic.providers import register_provider
+from pimagic.relay import bridge_gateway
 from pimagic.scripted_model import SCRIPTED_PROVIDER, ScriptedModelServer, call, pi_provider_config, say
 from pimagic.widgets import settings_panel
 
@@ -24,7 +26,7 @@ def two_models(docker_client, settings):
     server = start_scripted_model(docker_client, extra_model_ids=["scripted-b"])
     use_scripted_model(settings, server)
     url = server.base_url(HOST_GATEWAY_NAME)  # register the second id too
-    register_provider(settings, SCRIPTED_PROVIDER, relay.provider_config(url, server.model_ids))
+    register_provider(settings, SCRIPTED_PROVIDER, providers.provider_config(url, server.model_ids))
     yield server
     server.stop()
 
@@ -57,15 +59,16 @@ def test_model_switch_from_the_panel_reaches_pi_and_keeps_the_conversation(magic
     assert state["model"]["id"] == "scripted-b", panel.messages
     assert state["sessionId"] == before["sessionId"] and state["messageCount"] == before["messageCount"]
     assert magics.settings.model == "pimagic-scripted/scripted-b"
-    cfg = piconfig.config_dir(magics.settings)
-    assert piconfig.read_json(cfg / "settings.json")["defaultModel"] == "scripted-b"
+    cfg = statedir.config_dir(magics.settings)
+    assert statedir.read_json(cfg / "settings.json")["defaultModel"] == "scripted-b"
     assert "scripted-b" in panel.status_html.value
 
-    messages_shown = re.search(r"(\d+) messages", panel.status_html.value).group(1)
+    prompts_shown = re.search(r"(\d+) prompts?", panel.status_html.value).group(1)
+    assert prompts_shown == "1"  # one prompt so far (not pi's message count)
     two_models.push(say("second answer"))
     assert run(magics, "what was the word?").text == "second answer"
     # the open panel's status followed the cell without a click
-    assert int(re.search(r"(\d+) messages", panel.status_html.value).group(1)) > int(messages_shown)
+    assert re.search(r"(\d+) prompts?", panel.status_html.value).group(1) == "2"
     request = two_models.chat_requests[-1]
     assert request.body["model"] == "scripted-b"
     assert any("pineapple" in json.dumps(m) for m in request.messages)
@@ -80,6 +83,7 @@ def test_paranoid_toggle_reaches_gh_in_the_running_sandbox(magics, scripted):
     code, text = gh_repo_list(magics)
     assert code == 126 and BLOCKED in text, text
     assert "next gh call" in panel.messages[-1]
+    assert "paranoid mode ON (chosen for this folder with the settings panel" in panel.status_html.value
 
     panel.paranoid_box.value = False
     code, text = gh_repo_list(magics)
@@ -138,7 +142,7 @@ def test_loopback_model_server_through_the_panel_and_the_relay(magics, scripted,
         provider = f"local-{local.port}"
         assert settings.model == f"{provider}/local-model", panel.messages
         assert "relayed" in panel.messages[-1]
-        base = piconfig.configured_providers(piconfig.view_dir(settings))[provider]["baseUrl"]
+        base = providers.configured_providers(statedir.view_dir(settings))[provider]["baseUrl"]
         assert base.startswith("http://host.docker.internal:")  # what the sandbox reads
         (r,) = relay.relays()
         assert r.address[0] == bridge_gateway(docker_client)  # the gateway, not 0.0.0.0
@@ -153,7 +157,7 @@ def test_hand_written_loopback_models_json_is_relayed_on_start(magics, settings)
     with ScriptedModelServer(host="127.0.0.1", model_id="qwen") as local:
         local.push(say("hello from llama.cpp (scripted)"))
         provider = pi_provider_config(f"http://127.0.0.1:{local.port}/v1", "qwen")
-        cfg = piconfig.config_dir(settings)  # the host-owned config the README tells users to edit
+        cfg = statedir.config_dir(settings)  # the host-owned config the README tells users to edit
         cfg.mkdir(parents=True, exist_ok=True)
         (cfg / "models.json").write_text(json.dumps({"providers": {"llama-cpp": provider}}))
         (cfg / "settings.json").write_text(json.dumps(
@@ -161,5 +165,19 @@ def test_hand_written_loopback_models_json_is_relayed_on_start(magics, settings)
         settings.model = ""
         result = run(magics, "hi")
         assert result.text == "hello from llama.cpp (scripted)", result.error
-        assert piconfig.read_json(cfg / "settings.json")["mine"] == 1
-        assert piconfig.configured_providers(cfg)["llama-cpp"]["models"][0]["id"] == "qwen"
+        assert statedir.read_json(cfg / "settings.json")["mine"] == 1
+        assert providers.configured_providers(cfg)["llama-cpp"]["models"][0]["id"] == "qwen"
+
+
+def test_panel_before_and_after_the_first_run(magics, scripted):
+    """Before the first cell: "not started yet", Stop off. After a cell: running, Stop on. After
+    Stop: stopped, Stop off again (the status follows the actions)."""
+    panel = settings_panel(magics)
+    assert "not started yet (the first %%pi cell starts it)" in panel.status_html.value
+    assert "missing" not in panel.status_html.value and panel.stop_button.disabled
+    scripted.push(say("hello"))
+    run(magics, "hi")
+    assert ": running" in panel.status_html.value and not panel.stop_button.disabled
+    panel.stop_button.click()
+    assert "stopped" in panel.messages[-1] and panel.stop_button.disabled
+    assert ": exited" in panel.status_html.value

@@ -16,7 +16,9 @@ import threading
 import time
 
 import pytest
+from _support import release_magics
 
+from pimagic.errors import TurnFailed
 from pimagic.magics import PiMagics
 from pimagic.rpc import RpcClient
 from pimagic.scripted_model import call, say
@@ -121,7 +123,7 @@ def notebooks(settings, scripted, workspace, pi_magics):
     b._session = PiSession(settings, "nb-B")
     (workspace / "attack.py").write_text(ATTACK)
     yield a, b
-    b.session.close()
+    release_magics(b)
 
 
 @pytest.fixture
@@ -197,7 +199,11 @@ def test_oversized_line_from_pi_ends_the_cell_and_the_next_cell_works(settings, 
     monkeypatch.setattr("pimagic.session.RpcClient", functools.partial(RpcClient, max_line=200_000))
     shell = pi_magics.shell
     scripted.push(say("x" * 300_000, chunk_size=400_000))
-    first = shell.run_cell_magic("pi", "", "a long answer")
+    with pytest.raises(TurnFailed) as failed:  # the cell fails (Run All stops), naming pimagic's side
+        shell.run_cell_magic("pi", "", "a long answer")
+    first = failed.value.result
+    assert str(failed.value).startswith("pi's output channel is corrupt"), str(failed.value)
+    assert "provider" not in str(failed.value)  # not the model's fault
     text = first._repr_mimebundle_()["text/plain"]
     assert "pi's output channel is corrupt: pi sent a line longer than 200000 bytes" in text, text[-2000:]
     assert "next cell starts a fresh one" in text

@@ -206,8 +206,9 @@ def test_a_folders_sandbox_cannot_plant_a_subfolders_env(
     assert "*.pem" in s.secret_patterns
     assert f"did not load {sub / '.env'}" in load_out and "PIMAGIC_SECRET_PATTERNS" in load_out
     use_scripted_model(s, model_server)
-    text = run_cell(magics, scripted, call("bash", command="cat /workspace/deploy.pem; echo; true"), say("ok"))
-    assert "CANARY-PRIVATE-KEY-h2b" not in text
+    text = run_cell(magics, scripted, call("bash", command="cat /workspace/deploy.pem; echo size=$(wc -c < "
+                                           "/workspace/deploy.pem)"), say("ok"))
+    assert "CANARY-PRIVATE-KEY-h2b" not in text and "size=0" in text, text[-1500:]  # the mask: an empty file
     assert docker_client.containers.get(s.container_name).attrs["HostConfig"]["PidsLimit"] == SAFE_PIDS
 
 

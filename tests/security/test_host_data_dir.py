@@ -24,11 +24,11 @@ from pathlib import Path
 import pytest
 from secharness import AGENT_DIR
 
-from pimagic import piconfig, relay
+from pimagic import providers, relay, statedir
 from pimagic.scripted_model import ScriptedModelServer, call, pi_provider_config, say
 
-HOST_ONLY = "host-only pi config + read-only view mounts (pimagic/piconfig.py)"
-HOST_CONFIG = "relays only from the host-owned config (pimagic/relay.py)"
+HOST_ONLY = "host-only pi config + read-only view mounts (pimagic/statedir.py)"
+HOST_CONFIG = "relays only from the host-owned config (pimagic/providers.py)"
 RESET = "pimagic clean --reset (fd-based removal of agent/)"
 CANARY_TEXT = "canary-provider-key-sk-" + os.urandom(6).hex()
 
@@ -79,7 +79,7 @@ def deadline(seconds: int) -> Iterator[None]:
 def host_visible_files(settings) -> dict[str, bytes]:
     """What the host wrote that the sandbox reads: the view files and the host-owned config."""
     out = {}
-    for d in (piconfig.view_dir(settings), piconfig.config_dir(settings)):
+    for d in (statedir.view_dir(settings), statedir.config_dir(settings)):
         for p in d.iterdir():
             assert not p.is_symlink() and stat.S_ISREG(p.lstat().st_mode), p
             out[str(p)] = p.read_bytes()
@@ -123,13 +123,13 @@ echo planted""")
     # restart (the scripted model has no reasoning, so pi itself clamps its thinking level to off).
     state = pi_magics.session.state()
     assert state["model"] == {**state["model"], "provider": "pimagic-scripted", "id": "scripted"}, state
-    view = piconfig.read_json(piconfig.view_dir(settings) / "settings.json")
+    view = statedir.read_json(statedir.view_dir(settings) / "settings.json")
     assert view["defaultModel"] == "scripted" and view["defaultThinkingLevel"] == "low", view
 
     assert fingerprint(canary) == before, f"{HOST_ONLY}: the host changed a file outside the sandbox"
     for path, data in host_visible_files(settings).items():
         assert CANARY_TEXT.encode() not in data, f"{HOST_ONLY}: the host copied the canary into {path}"
-    cfg = piconfig.read_json(piconfig.config_dir(settings) / "settings.json")
+    cfg = statedir.read_json(statedir.config_dir(settings) / "settings.json")
     assert cfg["defaultModel"] == "scripted" and cfg["defaultThinkingLevel"] == "low"  # the user's choices kept
     # Control: the planted links are live on the host -- a host read inside agent/ would have copied it.
     assert (settings.pi_data_path / "auth.json.lnk").read_text() == canary.read_text()
@@ -174,7 +174,7 @@ def test_agent_written_loopback_provider_opens_no_relay(shell, scripted, setting
         assert result.text == "fine", result.error
         assert all(r.target_port != server.port for r in relay.relays()), f"expected {HOST_CONFIG}"
         assert server.connections == 0
-        assert "evil" not in piconfig.configured_providers(piconfig.view_dir(settings))
+        assert "evil" not in providers.configured_providers(statedir.view_dir(settings))
     finally:
         server.close()
 
@@ -187,7 +187,7 @@ def test_legacy_agent_models_json_is_not_imported_and_the_cell_says_so(tmp_path,
 
     server = CanaryServer()
     try:
-        cfg = piconfig.config_dir(settings)
+        cfg = statedir.config_dir(settings)
         shutil.rmtree(cfg)  # the fixture registered the scripted model; an old install has no pi-config/
         agent = settings.pi_data_path
         agent.mkdir(parents=True, exist_ok=True)
@@ -195,7 +195,8 @@ def test_legacy_agent_models_json_is_not_imported_and_the_cell_says_so(tmp_path,
         (agent / "models.json").write_text(json.dumps({"providers": {"evil": evil}}))
         settings.model = ""
         scripted.push(say("hi"))
-        result = pi_magics.shell.run_cell_magic("pi", "", "hello")
+        # No provider is left, so the turn fails: --keep-going returns it to be read.
+        result = pi_magics.shell.run_cell_magic("pi", "--keep-going", "hello")
         text = result._repr_mimebundle_()["text/plain"]
         assert "were not imported because the agent could write them" in text, text[-2000:]
         assert str(cfg) in text
@@ -210,7 +211,7 @@ def test_user_added_loopback_server_is_relayed_and_reached(shell, scripted, sett
     """Allowed use beside class 3: the same kind of URL, added by the user on the host, IS relayed."""
     with ScriptedModelServer(host="127.0.0.1", model_id="local-model") as local:
         local.push(say("answer from the loopback server"))
-        provider, ids, url = relay.add_model_server(settings, docker_client, local.url)
+        provider, ids, url = providers.add_model_server(settings, docker_client, local.url)
         assert url.startswith("http://host.docker.internal:")
         pi_magics.settings.model = f"{provider}/{ids[0]}"
         shell.run_line_magic("pi", "restart")

@@ -168,14 +168,15 @@ def test_shell_reads_nothing_from_the_agents_home(settings, docker_client, works
     Control: the same shell with the agent's home runs the planted pager."""
     box = Sandbox(settings, docker_client)
     box.start()
-    plant = (
-        "git config --global core.pager 'touch /workspace/PAGER-RAN; cat' && "
-        # a repository below the folder's root: a root .git would change the mounts, and the CLI would
-        # replace the container (and its home) with one that fits them
-        "mkdir -p /workspace/proj && cd /workspace/proj && git init -q && "
-        "git -c user.email=a@b -c user.name=a commit -q --allow-empty -m x && "
-        "echo planted"
-    )
+    # The user's repository (in a subfolder). A repository changes the mounts (its config and hooks
+    # are read-only), so the sandbox is restarted with it first: otherwise the CLI would replace the
+    # container, and the agent's home with it, before the shell opens.
+    repo = ("mkdir -p /workspace/proj && cd /workspace/proj && git init -q && "
+            "git -c user.email=a@b -c user.name=a commit -q --allow-empty -m x")
+    assert box.exec(["sh", "-c", repo])[0] == 0
+    box.remove()
+    box.start()
+    plant = "git config --global core.pager 'touch /workspace/PAGER-RAN; cat' && echo planted"
     code, out, err = box.exec(["sh", "-c", plant])
     assert code == 0 and b"planted" in out, err
     with Terminal(settings, mode) as term:

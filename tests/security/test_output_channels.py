@@ -12,17 +12,17 @@ from __future__ import annotations
 import json
 import os
 import pty
-import select
 import subprocess
 import sys
 import textwrap
 import time
 
 import pytest
+from _support import Pty, readable
 from secharness import AGENT, SECCOMP
 
-from pimagic.render import clean
 from pimagic.sandbox import Sandbox
+from pimagic.sanitize import clean
 from pimagic.scripted_model import call, say
 
 TTY_LOCK = "exclusive terminal (TIOCEXCL, pimagic/cli.py TTY_LOCK)"
@@ -227,8 +227,7 @@ class Terminal:
         end = time.monotonic() + timeout
         while text not in self.screen:
             assert time.monotonic() < end, f"no {text!r} on the terminal: {self.screen[-2000:]!r}"
-            ready, _, _ = select.select([self.fd], [], [], 0.2)
-            if ready:
+            if readable(self.fd, 0.2):
                 try:
                     self.screen += os.read(self.fd, 65536)
                 except OSError:
@@ -369,33 +368,12 @@ def test_plain_exec_output_to_a_terminal_is_stripped(settings):
     r, w = os.pipe()
     os.write(w, script)
     os.close(w)
-    pid, fd = pty.fork()
-    if pid == 0:
-        os.dup2(r, 0)
-        os.execvpe(sys.executable, argv, env)
-    os.close(r)
-    screen = b""
-    try:
-        end = time.monotonic() + 120
-        while time.monotonic() < end:
-            ready, _, _ = select.select([fd], [], [], 0.2)
-            if ready:
-                try:
-                    chunk = os.read(fd, 65536)
-                except OSError:
-                    break
-                if not chunk:
-                    break
-                screen += chunk
-            elif os.waitpid(pid, os.WNOHANG)[0]:
-                break
-    finally:
-        try:
-            os.kill(pid, 9)
-            os.waitpid(pid, 0)
-        except (ProcessLookupError, ChildProcessError):
+    with Pty(argv, env, stdin=r) as term:
+        os.close(r)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and term.read_for(0.5):
             pass
-        os.close(fd)
+        screen = term.screen
     assert b"visible-42" in screen, screen[-2000:]
     assert b"\x1b]" not in screen and b"\x07" not in screen, screen[-2000:]
     piped = subprocess.run(argv, input=script, env=env, capture_output=True, timeout=120)

@@ -62,7 +62,7 @@ def cell(shell, scripted, command: str | None = None) -> str:
         scripted.push(say("done"))
     else:
         scripted.push(call("bash", command=command), say("done"))
-    result = shell.run_cell_magic("pi", "", "do it")
+    result = shell.run_cell_magic("pi", "--keep-going", "do it")  # a tripped limit fails the turn: read it
     outputs = " ".join(str(getattr(c, "result", "")) + str(getattr(c, "output", "")) for c in result.tool_calls)
     return outputs + " " + result._repr_mimebundle_()["text/plain"]
 

@@ -123,3 +123,17 @@ def test_config_magic_never_prints_the_token(tmp_path, monkeypatch, capsys):
     finally:
         ip.configurables.remove(pimagic._magics.settings)
         pimagic.unload_ipython_extension(ip)
+
+
+def test_one_list_of_thinking_levels_and_one_model_parser(tmp_path):
+    """The settings accept what the magics accept (`max` included) and parse the model spec the same way."""
+    from pimagic import parsers
+    from pimagic.config import THINKING_LEVELS, ModelRef
+
+    assert parsers.THINKING_LEVELS is THINKING_LEVELS and "max" in THINKING_LEVELS
+    s = load_settings(tmp_path, environ={"PIMAGIC_THINKING": "max", "PIMAGIC_MODEL": "openrouter/qwen/qwen3"})
+    assert s.thinking == "max" and s.model_ref == ModelRef("openrouter", "qwen/qwen3")
+    assert parsers.parse_cell_args("-m openrouter/qwen/qwen3").model == s.model_ref
+    for bad in ("anthropic//x", "_a/b"):
+        with pytest.raises(ConfigError, match="PIMAGIC_MODEL"):
+            load_settings(tmp_path, environ={"PIMAGIC_MODEL": bad})

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pimagic import hostfs, piconfig
+from pimagic import hostfs, providers, statedir
 from pimagic.config import load_settings
 from pimagic.errors import ConfigError
 from pimagic.hostfs import HostFileError
@@ -159,7 +159,7 @@ def _agent_dir(tmp_path: Path):
     ws = tmp_path / "ws"
     ws.mkdir(exist_ok=True)
     settings = load_settings(ws, environ={})
-    piconfig.prepare_state(settings)
+    statedir.prepare_state(settings)
     return settings, settings.pi_data_path
 
 
@@ -171,12 +171,12 @@ def test_reset_does_not_follow_symlinks(tmp_path, canary):
     (agent / "outside-dir").symlink_to(canary.parent)
     (agent / "outside-file").symlink_to(canary)
     (state / "conversations").symlink_to(canary.parent)  # a symlink in place of a dir: only it goes
-    removed = piconfig.reset_pi_data(settings)
+    removed = statedir.reset_pi_data(settings)
     assert removed == [str(agent), str(state / "conversations")]
     assert not os.path.lexists(agent) and not os.path.lexists(state / "conversations")
-    assert not [n for n in os.listdir(state) if n.startswith(piconfig.TRASH_PREFIX)]
+    assert not [n for n in os.listdir(state) if n.startswith(statedir.TRASH_PREFIX)]
     unchanged(canary)
-    assert canary.parent.is_dir() and piconfig.config_dir(settings).is_dir()  # host-owned config kept
+    assert canary.parent.is_dir() and statedir.config_dir(settings).is_dir()  # host-owned config kept
 
 
 def _deep(top: Path, depth: int) -> None:
@@ -199,10 +199,10 @@ def test_reset_holds_against_a_tree_too_deep_for_recursion_and_locked_dirs(tmp_p
     (agent / "extensions" / "locked" / "evil.ts").write_text("x")
     (agent / "extensions" / "locked").chmod(0)
     (agent / "AGENTS.md").write_text("obey")
-    piconfig.reset_pi_data(settings)
+    statedir.reset_pi_data(settings)
     assert not os.path.lexists(agent)
-    assert not [n for n in os.listdir(agent.parent) if n.startswith(piconfig.TRASH_PREFIX)]
-    piconfig.prepare_state(settings)  # the next start: an empty agent dir
+    assert not [n for n in os.listdir(agent.parent) if n.startswith(statedir.TRASH_PREFIX)]
+    statedir.prepare_state(settings)  # the next start: an empty agent dir
     assert os.listdir(agent) == []
 
 
@@ -211,20 +211,20 @@ def test_odd_mount_point_names_are_moved_out_not_walked(tmp_path, canary):
     (agent / "models.json").mkdir()
     _deep(agent / "models.json", 3000)
     (agent / "settings.json").symlink_to(canary)
-    piconfig.prepare_state(settings)
+    statedir.prepare_state(settings)
     assert not os.path.lexists(agent / "models.json") and not os.path.lexists(agent / "settings.json")
     unchanged(canary)
 
 
-def test_piconfig_read_json_refuses_fifo_and_symlink(tmp_path, canary):
+def test_statedir_read_json_refuses_fifo_and_symlink(tmp_path, canary):
     cfg = tmp_path / "cfg"
     cfg.mkdir()
     (cfg / "models.json").symlink_to(canary)
     os.mkfifo(cfg / "settings.json")
     with pytest.raises(HostFileError):
-        piconfig.read_json(cfg / "models.json")
+        statedir.read_json(cfg / "models.json")
     with pytest.raises(HostFileError):
-        piconfig.read_json(cfg / "settings.json")
+        statedir.read_json(cfg / "settings.json")
 
 
 # --- where the pi data dir may be -------------------------------------------------------------
@@ -260,12 +260,12 @@ def test_prepare_state_creates_host_only_dirs_and_notes_legacy_config(tmp_path, 
     settings = load_settings(ws, environ={"PIMAGIC_PI_DATA_DIR": str(tmp_path / "s" / "agent")})
     settings.pi_data_path.mkdir(parents=True)
     (settings.pi_data_path / "models.json").write_text('{"providers": {"evil": {"baseUrl": "http://127.0.0.1:1"}}}')
-    state = piconfig.prepare_state(settings)
+    state = statedir.prepare_state(settings)
     assert len(state.notes) == 1 and "were not imported" in state.notes[0], state.notes
-    assert str(piconfig.config_dir(settings)) in state.notes[0]
-    assert piconfig.configured_providers(piconfig.config_dir(settings)) == {}
-    assert piconfig.read_json(piconfig.view_dir(settings) / "models.json") == {}
-    assert piconfig.prepare_state(settings).notes == []  # said once
+    assert str(statedir.config_dir(settings)) in state.notes[0]
+    assert providers.configured_providers(statedir.config_dir(settings)) == {}
+    assert statedir.read_json(statedir.view_dir(settings) / "models.json") == {}
+    assert statedir.prepare_state(settings).notes == []  # said once
 
 
 def test_prepare_state_removes_links_at_the_view_mount_points_without_following(tmp_path, monkeypatch, canary):
@@ -281,10 +281,10 @@ def test_prepare_state_removes_links_at_the_view_mount_points_without_following(
     (agent / "models.json").mkdir()
     (agent / "models.json" / "x").symlink_to(canary.parent)
     (agent / "auth.json").symlink_to(canary)  # not a mount point: not the host's business
-    piconfig.prepare_state(settings)
+    statedir.prepare_state(settings)
     assert not (agent / "settings.json").is_symlink() and not (agent / "models.json").exists()
     assert (agent / "auth.json").is_symlink()
     unchanged(canary)
     (agent / "settings.json").write_text("{}")
-    piconfig.prepare_state(settings)
+    statedir.prepare_state(settings)
     assert (agent / "settings.json").read_text() == "{}"

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 
 from pimagic import seccomp
-from pimagic.render import TurnRenderer, _Footer, clean, escape_name, render_bundle
+from pimagic.render import render_bundle
+from pimagic.sanitize import clean, escape_name, html_prose
+from pimagic.turn import Footer, TextBlock, Turn
 
 
 @pytest.mark.parametrize(
@@ -40,15 +42,15 @@ def test_clean_shows_a_lone_cr_and_folds_only_tool_output() -> None:
     assert clean("a\r\nb") == "a\nb"  # CRLF is a newline, not an overwrite
 
 
-def footer(files: list[str]) -> _Footer:
-    return _Footer(None, {}, 1.0, files, "done")
+def footer(files: list[str]) -> Footer:
+    return Footer(None, {}, 1.0, files, "done")
 
 
 def test_footer_and_notice_escape_file_names_in_every_bundle() -> None:
     evil = "x.sh\r\x1b]52;c;AAAA\x07\nfake: all good"
-    renderer = TurnRenderer(lambda b, f: None)
-    renderer.add_notice(f"the agent changed files your machine may run: {escape_name(evil)}", warn=True)
-    bundle = render_bundle(renderer._blocks, footer([evil]))
+    turn = Turn()
+    turn.add_notice(f"the agent changed files your machine may run: {escape_name(evil)}", warn=True)
+    bundle = render_bundle(turn.blocks, footer([evil]))
     for doc in bundle.values():
         assert "\r" not in doc and "\x1b" not in doc and "\x07" not in doc
     plain = bundle["text/plain"].splitlines()
@@ -58,10 +60,53 @@ def test_footer_and_notice_escape_file_names_in_every_bundle() -> None:
 
 
 def test_a_notice_stays_on_one_line_even_unescaped() -> None:
-    renderer = TurnRenderer(lambda b, f: None)
-    renderer.add_notice("warning: a\n[i] everything is fine", warn=True)
-    plain = render_bundle(renderer._blocks, footer([]))["text/plain"]
+    turn = Turn()
+    turn.add_notice("warning: a\n[i] everything is fine", warn=True)
+    plain = render_bundle(turn.blocks, footer([]))["text/plain"]
     assert "[!] warning: a [i] everything is fine" in plain
+
+
+# --------------------------------------------------------------------------- prose links
+
+@pytest.mark.parametrize(
+    "markdown, target",
+    [
+        ("[snake.py](snake.py)", None),  # the text is its target: shown once, not linked
+        ("[report](/etc/passwd)", "/etc/passwd"),
+        ("[rel](../../etc/passwd)", "../../etc/passwd"),
+        ("[notes.md](notes.md#x)", "notes.md#x"),
+        ("[e](//evil.example/x)", "//evil.example/x"),
+        ("[d](data:image/png;base64,AAAA)", "data:image/png;base64,AAAA"),
+        ("[m](mailto:a@example.org)", "mailto:a@example.org"),
+        ("[f](file:///etc/passwd)", None),  # markdown-it refuses it: the source stays text
+        ("[j](javascript:alert(1))", None),
+    ],
+)
+def test_prose_links_that_are_not_web_links_are_shown_not_linked(markdown: str, target: str | None) -> None:
+    """Agent prose cannot pass for the footer's file links (red team, prose links): no href but
+    http(s) to a host, and the target shown next to the text."""
+    doc = html_prose(markdown)
+    assert "<a " not in doc and "href=" not in doc
+    if target is not None:
+        assert f'<span class="pimagic-href">({target})</span>' in doc
+
+
+@pytest.mark.parametrize("text", ["snake.py", "docs", "https://other.example/"])
+def test_a_web_link_in_prose_shows_where_it_goes(text: str) -> None:
+    doc = html_prose(f"[{text}](http://attacker.example/a?b=1&c=2)")
+    href = "http://attacker.example/a?b=1&amp;c=2"
+    assert f'<a href="{href}">{text}</a> <span class="pimagic-href">({href})</span>' in doc
+
+
+def test_an_autolink_is_not_shown_twice() -> None:
+    doc = html_prose("<https://example.org/x>")
+    assert doc.count("https://example.org/x") == 2 and "pimagic-href" not in doc  # href + text
+
+
+def test_prose_links_do_not_change_the_footers_file_links() -> None:
+    html_doc = render_bundle([TextBlock("see [snake.py](../snake.py)")], footer(["snake.py"]))["text/html"]
+    assert html_doc.count("<a ") == 1 and '<a href="snake.py"' in html_doc
+    assert '<span class="pimagic-href">(../snake.py)</span>' in html_doc
 
 
 # --------------------------------------------------------------------------- seccomp

@@ -68,7 +68,7 @@ def test_model_id_may_contain_slashes_and_quotes_work():
     ["claude", "/claude", "anthropic/", "anthropic//x", "anthropic/x/", "a b/c", "anthropic/x y", "_a/b"],
 )
 def test_bad_model_shapes(spec):
-    with pytest.raises(ValueError, match="PROVIDER/ID"):
+    with pytest.raises(UsageError, match="PROVIDER/ID"):
         parse_model(spec)
     with pytest.raises(UsageError, match=f"invalid model '{spec}'"):
         parse_cell_args(f"--model '{spec}'")
@@ -111,9 +111,23 @@ def test_no_abbreviations():
         parse_cell_args("--time 5")
 
 
-def test_positional_word_hints_that_the_prompt_goes_in_the_body():
-    with pytest.raises(UsageError, match="cell body"):
-        parse_cell_args("fix the tests")
+def test_words_after_the_options_are_the_prompt_verbatim():
+    assert parse_cell_args("fix the tests").prompt == "fix the tests"
+    args = parse_cell_args("""-m a/b -q --timeout 5 Create a "snake" game, don't  stop""")
+    assert args.model == ModelRef("a", "b") and args.quiet and args.timeout == 5
+    assert args.prompt == """Create a "snake" game, don't  stop"""  # quotes, apostrophes, spaces kept
+
+
+def test_double_dash_ends_the_options():
+    assert parse_cell_args("-q -- -m is the flag I mean").prompt == "-m is the flag I mean"
+    assert parse_cell_args("-q --").prompt == ""
+    assert parse_cell_args("--keep-going").keep_going
+
+
+def test_an_unknown_option_still_suggests_and_says_how_to_start_a_prompt_with_a_dash():
+    with pytest.raises(UsageError) as e:
+        parse_cell_args("--quite hi")
+    assert "did you mean '--quiet'" in str(e.value) and "`--`" in str(e.value)
 
 
 def test_missing_value_is_a_usage_error_not_system_exit():
@@ -188,20 +202,51 @@ def test_unknown_subcommand_suggests_and_lists():
         parse_line("stauts")
     msg = str(e.value)
     assert "unknown subcommand 'stauts'" in msg and "did you mean 'status'" in msg
+    assert "%pi -- stauts" in msg
+    with pytest.raises(UsageError, match="did you mean 'model'"):
+        parse_line("modle openai/gpt-5")  # a typo with its argument is not sent to the agent
+    assert parse_line("modle the data, please").name == "prompt"  # a sentence is a prompt
     assert all(name in msg for name in LINE_COMMANDS) and "reset" in msg
 
 
-def test_unknown_subcommand_without_close_match_still_lists():
+def test_a_line_that_is_not_a_subcommand_is_a_prompt():
+    assert parse_line("Create a snake game") == LineCommand(
+        "prompt", cell=CellArgs(prompt="Create a snake game")
+    )
+    assert parse_line("zzzz").cell == CellArgs(prompt="zzzz")
+    assert parse_line("hello").cell == CellArgs(prompt="hello")  # not "did you mean help"
+    assert parse_line("-q -m a/b write the tests").cell == CellArgs(
+        model=ModelRef("a", "b"), quiet=True, prompt="write the tests"
+    )
+    assert parse_line("-- stauts").cell == CellArgs(prompt="stauts")  # the way to send a typo-like word
+
+
+def test_options_without_a_prompt_on_the_line_say_the_forms():
     with pytest.raises(UsageError) as e:
-        parse_line("zzzz")
-    assert "did you mean" not in str(e.value) and "status" in str(e.value)
+        parse_line("-q -m a/b")
+    assert "no prompt" in str(e.value) and "%%pi Create a snake game" in str(e.value)
+
+
+def test_a_subcommand_with_words_after_it_says_how_to_send_them_as_a_prompt():
+    with pytest.raises(UsageError) as e:
+        parse_line("status report please")
+    assert "takes no arguments" in str(e.value) and "%pi -- status report please" in str(e.value)
 
 
 def test_help_text_mentions_every_subcommand_and_option():
     for name in LINE_COMMANDS:
         assert name in HELP_TEXT
-    for option in ("--model", "--thinking", "--new", "--timeout", "--interpolate", "--out", "--quiet"):
+    for option in ("--model", "--thinking", "--new", "--timeout", "--interpolate", "--out", "--quiet", "--keep-going"):
         assert option in HELP_TEXT
+
+
+def test_help_text_is_true_to_behaviour():
+    assert "%%pi Create a snake game" in HELP_TEXT and "%pi Create a snake game" in HELP_TEXT
+    assert "for this cell only" in HELP_TEXT  # -m and -t are restored after the cell
+    assert "the conversation continues" in LINE_COMMANDS["restart"][1]  # restart keeps the session
+    assert "remove" not in LINE_COMMANDS["stop"][1] and "kept" in LINE_COMMANDS["stop"][1]
+    assert "token usage" in LINE_COMMANDS["status"][1]
+    assert "fails the cell" in HELP_TEXT and "Interrupt" in HELP_TEXT
 
 
 # --------------------------------------------------------------------------- interpolation

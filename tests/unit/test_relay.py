@@ -1,81 +1,21 @@
-"""The TCP relay and the loopback-URL rewrite, on loopback only (no Docker)."""
+"""The TCP relay, its registry and its host-only record, on loopback only (no Docker)."""
 
 from __future__ import annotations
 
-import json
+import os
 import socket
 import threading
 import time
 
 import pytest
+from _loopback import free_port, recv_all
 
-from pimagic import piconfig, relay
+from pimagic import relay, statedir
 from pimagic.config import load_settings
-from pimagic.errors import ConfigError
-from pimagic.relay import Relay, RelayError
-from pimagic.scripted_model import ScriptedModelServer
+from pimagic.errors import RelayError
+from pimagic.relay import Relay
 
-
-class EchoServer:
-    """Loopback TCP server: upper-cases what it receives, closes after the client's EOF."""
-
-    def __init__(self, host: str = "127.0.0.1") -> None:
-        self.sock = socket.socket()
-        self.sock.bind((host, 0))
-        self.sock.listen(8)
-        self.port = self.sock.getsockname()[1]
-        self.received = bytearray()
-        self.connections = 0
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.connections += 1
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn: socket.socket) -> None:
-        with conn:
-            while data := conn.recv(65536):
-                self.received.extend(data)
-                conn.sendall(data.upper())
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-@pytest.fixture
-def echo():
-    server = EchoServer()
-    yield server
-    server.close()
-
-
-@pytest.fixture(autouse=True)
-def _no_leftover_relays():
-    yield
-    relay.stop_all()
-
-
-def recv_all(sock: socket.socket, size: int, timeout: float = 10.0) -> bytes:
-    sock.settimeout(timeout)
-    buf = bytearray()
-    while len(buf) < size:
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        buf.extend(chunk)
-    return bytes(buf)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+pytestmark = pytest.mark.usefixtures("no_leftover_relays")
 
 
 def test_forwards_bytes_both_ways(echo):
@@ -194,35 +134,26 @@ def test_ensure_relay_reuses_and_never_loops(echo):
     assert relay.relays() == [] and not a.running
 
 
-@pytest.mark.parametrize(
-    ("url", "expected"),
-    [
-        ("http://127.0.0.1:1337", "http://127.0.0.1:1337/v1"),
-        ("127.0.0.1:1337/v1/", "http://127.0.0.1:1337/v1"),
-        ("http://localhost:11434/v1", "http://localhost:11434/v1"),
-        ("https://models.example:8443/openai/v1", "https://models.example:8443/openai/v1"),
-    ],
-)
-def test_normalize_base_url(url, expected):
-    assert relay.normalize_base_url(url) == expected
+class _FakeNetwork:
+    def __init__(self, config: list[dict[str, str]]) -> None:
+        self.attrs = {"IPAM": {"Config": config}}
 
 
-@pytest.mark.parametrize("url", ["", "ftp://x/v1", "http://:80", "http://h:99999/v1"])
-def test_normalize_rejects_bad_urls(url):
-    with pytest.raises(ConfigError):
-        relay.normalize_base_url(url)
+class _FakeClient:
+    """The one Docker call bridge_gateway makes: networks.get("bridge")."""
+
+    def __init__(self, config: list[dict[str, str]]) -> None:
+        self.networks = self
+        self._config = config
+
+    def get(self, name: str) -> _FakeNetwork:
+        assert name == "bridge"
+        return _FakeNetwork(self._config)
 
 
-def test_container_url_rewrites_only_loopback(echo):
-    url = f"http://127.0.0.1:{echo.port}/v1"
-    out = relay.container_url(url, listen_host="127.0.0.1")
-    port = relay.relays()[0].port
-    assert out == f"http://host.docker.internal:{port}/v1"
-    assert relay.container_url(f"http://localhost:{echo.port}/v1", listen_host="127.0.0.1").startswith(
-        "http://host.docker.internal:"
-    )
-    assert relay.container_url("http://192.168.1.5:8000/v1", listen_host="127.0.0.1") == "http://192.168.1.5:8000/v1"
-    assert relay.is_local_url("http://[::1]:8080/v1")
+def test_bridge_gateway_is_the_default_bridges_gateway():
+    assert relay.bridge_gateway(_FakeClient([{"Subnet": "fd00::/64"}, {"Gateway": "172.18.0.1"}])) == "172.18.0.1"
+    assert relay.bridge_gateway(_FakeClient([])) == "172.17.0.1"  # Docker's default when IPAM says nothing
 
 
 @pytest.fixture
@@ -232,93 +163,18 @@ def settings(tmp_path):
     return load_settings(ws, environ={}, pi_data_dir=str(tmp_path / "pi" / "agent"))
 
 
-SEED_MODELS = {
-    "providers": {
-        "llama-cpp": {
-            "baseUrl": "http://127.0.0.1:{port}/v1",
-            "api": "openai-completions",
-            "apiKey": "none",
-            "models": [{"id": "qwen", "contextWindow": 4096, "myNote": "hand-written"}],
-        },
-        "remote": {"baseUrl": "https://api.example/v1", "api": "openai-completions", "models": [{"id": "m"}]},
-    },
-    "myTopLevelKey": [1, 2, 3],
-}
-
-
-def test_relay_local_providers_rewrites_hand_written_models_json(settings, echo):
-    """The host-owned models.json keeps the loopback URL; the sandbox's read-only view gets the relay."""
-    cfg = piconfig.config_dir(settings)
-    cfg.mkdir(parents=True)
-    text = json.dumps(SEED_MODELS).replace("{port}", str(echo.port))
-    (cfg / "models.json").write_text(text)
-    out = relay.relay_local_providers(settings, None, listen_host="127.0.0.1")
-    r = relay.relays()[0]
-    assert out == {"llama-cpp": f"http://host.docker.internal:{r.port}/v1"}
-    assert piconfig.read_json(cfg / "models.json") == json.loads(text)  # the user's file is untouched
-    data = piconfig.read_json(piconfig.view_dir(settings) / "models.json")
-    assert data["myTopLevelKey"] == [1, 2, 3]
-    assert data["providers"]["remote"] == SEED_MODELS["providers"]["remote"]
-    llama = data["providers"]["llama-cpp"]
-    assert llama["baseUrl"] == out["llama-cpp"]
-    assert llama["models"] == [{"id": "qwen", "contextWindow": 4096, "myNote": "hand-written"}]
-    record = json.loads((piconfig.state_dir(settings) / "relays.json").read_text())
-    assert record["llama-cpp"]["hostUrl"] == f"http://127.0.0.1:{echo.port}/v1"
-
-    # Same kernel: the relay is reused, nothing changes.
-    assert relay.relay_local_providers(settings, None, listen_host="127.0.0.1") == out
-    assert len(relay.relays()) == 1
-    # A "restarted kernel" (relays gone) relays again from the record, on the same port.
-    relay.stop_all()
-    assert relay.relay_local_providers(settings, None, listen_host="127.0.0.1") == out
-    with socket.create_connection(relay.relays()[0].address) as c:
-        c.sendall(b"ping")
-        assert recv_all(c, 4) == b"PING"
-
-
-def test_provider_written_into_pi_agent_dir_is_not_relayed(settings, echo):
-    """pi's agent dir is the agent's: a loopback provider planted there opens no relay."""
-    agent = settings.pi_data_path
-    agent.mkdir(parents=True)
-    (agent / "models.json").write_text(json.dumps(SEED_MODELS).replace("{port}", str(echo.port)))
-    assert relay.relay_local_providers(settings, None, listen_host="127.0.0.1") == {}
-    assert relay.relays() == []
-    assert echo.connections == 0
-
-
-def test_relay_local_providers_broken_file_is_a_clear_error(settings):
-    cfg = piconfig.config_dir(settings)
-    cfg.mkdir(parents=True)
-    (cfg / "models.json").write_text("{ not json")
-    with pytest.raises(ConfigError, match="not valid JSON"):
-        relay.relay_local_providers(settings, None, listen_host="127.0.0.1")
-
-
-def test_list_models_and_add_server_through_a_relay(settings):
-    with ScriptedModelServer(host="127.0.0.1", model_id="qwen", extra_model_ids=["llama"]) as server:
-        assert relay.list_server_models(f"http://127.0.0.1:{server.port}") == ["qwen", "llama"]
-        provider, ids, url = relay.add_model_server(settings, None, server.url, listen_host="127.0.0.1")
-        assert provider == f"local-{server.port}" and ids == ["qwen", "llama"]
-        assert url.startswith("http://host.docker.internal:")
-        entry = piconfig.configured_providers(piconfig.config_dir(settings))[provider]
-        assert entry["baseUrl"] == server.url and entry["api"] == "openai-completions"
-        assert [m["id"] for m in entry["models"]] == ["qwen", "llama"]
-        view = piconfig.read_json(piconfig.view_dir(settings) / "models.json")
-        assert view["providers"][provider]["baseUrl"] == url
-        # The relay really reaches the server.
-        r = relay.relays()[0]
-        with socket.create_connection(r.address) as c:
-            c.sendall(b"GET /v1/models HTTP/1.0\r\nHost: x\r\n\r\n")
-            assert b'"qwen"' in recv_all(c, 10**6)
-
-
-def test_unreachable_server_is_a_clear_error():
-    with pytest.raises(RelayError, match="cannot reach"):
-        relay.list_server_models(f"http://127.0.0.1:{free_port()}/v1", timeout=3)
-
-
-def test_provider_names():
-    assert relay.provider_name_for("http://127.0.0.1:1337/v1") == "llama-cpp"
-    assert relay.provider_name_for("http://localhost:11434") == "ollama"
-    assert relay.provider_name_for("http://127.0.0.1:9999/v1") == "local-9999"
-    assert relay.provider_name_for("http://gpu.lan:8000/v1") == "gpu-lan-8000"
+def test_record_round_trip_and_broken_record(settings):
+    """relays.json is host-only bookkeeping: a broken or planted one only costs the preferred port."""
+    assert relay.read_record(settings) == {}
+    entry = {"hostUrl": "http://127.0.0.1:1337/v1", "containerUrl": "http://host.docker.internal:41337/v1"}
+    relay.write_record(settings, {"llama-cpp": entry, "junk": "not an entry"})  # type: ignore[dict-item]
+    assert relay.read_record(settings) == {"llama-cpp": entry}
+    path = statedir.state_dir(settings) / relay.RELAYS_FILE
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    path.write_text("{ not json")
+    assert relay.read_record(settings) == {}
+    path.unlink()
+    target = settings.workspace_path / "elsewhere.json"
+    target.write_text('{"llama-cpp": {"hostUrl": "x", "containerUrl": "y"}}')
+    path.symlink_to(target)
+    assert relay.read_record(settings) == {}  # a symlink is never followed

@@ -1,15 +1,20 @@
-"""pimagic.render: pi RPC event dicts -> live mimebundles and a PiResult.
+"""pimagic.turn + pimagic.render: pi RPC event dicts -> a turn, its live view and its PiResult.
 
 Event shapes are copied from pi's docs/json.md and docs/message-types.md (pi-coding-agent 1.5.2).
+The live view is checked through :class:`Screen`, which applies each emitted slot operation the way
+a Jupyter front end applies display_data / update_display_data to a cell's output area.
 """
 
 from __future__ import annotations
 
+import random
 import re
 
 import pytest
 
-from pimagic.render import PiResult, ToolCall, TurnRenderer
+from pimagic.render import SEGMENT_CHARS, TurnRenderer, seal_point
+from pimagic.sanitize import clean
+from pimagic.turn import PiResult, ToolRun
 
 # --------------------------------------------------------------------------- fixtures / builders
 
@@ -22,17 +27,37 @@ class Clock:
         return self.t
 
 
-class Sink:
-    def __init__(self) -> None:
-        self.calls: list[tuple[dict, bool]] = []
+class Screen:
+    """A cell's output area: ``new`` appends an output, otherwise the slot's content is replaced."""
 
-    def __call__(self, bundle: dict, final: bool) -> None:
-        assert set(bundle) == {"text/plain", "text/markdown", "text/html"}
-        self.calls.append((bundle, final))
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.slots: list[dict] = []
+        self.calls: list[tuple[float, int, dict, bool]] = []
+        self.screens: list[str] = []  # the visible plain text after each operation
+
+    def __call__(self, slot: int, bundle: dict, new: bool) -> None:
+        assert set(bundle) in ({"text/plain", "text/html"}, {"text/plain"})
+        if new:
+            assert slot == len(self.slots)
+            self.slots.append(bundle)
+        else:
+            assert 0 <= slot < len(self.slots)
+            self.slots[slot] = bundle
+        self.calls.append((self.clock.t, slot, bundle, new))
+        self.screens.append(self.plain)
 
     @property
-    def last(self) -> dict:
-        return self.calls[-1][0]
+    def plain(self) -> str:
+        return "\n\n".join(b["text/plain"] for b in self.slots if b["text/plain"])
+
+    @property
+    def html(self) -> str:
+        return "".join(b.get("text/html", "") for b in self.slots)
+
+    @property
+    def flushes(self) -> int:
+        return len({t for t, *_ in self.calls})
 
 
 @pytest.fixture
@@ -41,8 +66,8 @@ def clock():
 
 
 @pytest.fixture
-def sink():
-    return Sink()
+def sink(clock):
+    return Screen(clock)
 
 
 @pytest.fixture
@@ -158,15 +183,14 @@ def visible_html_text(html_doc: str) -> str:
 def test_text_deltas_stream_into_one_block(renderer, sink, clock):
     text = "Hello! The repo has **3** modules."
     feed_all(renderer, BEGIN + text_message(text) + END, clock, step=0.2)
-    live = [b for b, final in sink.calls if not final]
-    assert any("Hello!" in b["text/plain"] and "The repo" not in b["text/plain"] for b in live)
+    assert any("Hello!" in s and "The repo" not in s for s in sink.screens)
+    assert "Hello! The repo has **3** modules." in sink.plain and sink.plain.count("Hello!") == 1
     result = renderer.finish([], 2.0)
     assert result.text == text == str(result)
     assert result.model == "anthropic/claude-sonnet-4-5"
     assert result.usage["input"] == 1200 and result.usage["output"] == 345
     assert result.error is None and not result.aborted and result.ok
-    final = sink.last
-    assert sink.calls[-1][1] is True
+    final = result._repr_mimebundle_()
     assert final["text/plain"].count("Hello!") == 1  # text_end/message_end replace, not append
     assert "The repo has **3** modules." in final["text/markdown"]
     assert "anthropic/claude-sonnet-4-5" in final["text/html"]
@@ -231,22 +255,23 @@ def test_bash_tool_streams_then_finishes(renderer, sink, clock):
     start, *updates, end = tool_run("call_1", "bash", args, "3 passed\n", partials=["collecting", "3 passed"])
     clock.t += 1
     renderer.feed(start)
-    running = sink.last
-    assert "pytest -q" in running["text/html"] and "running…" in running["text/plain"]
+    assert "pytest -q" in sink.html and "running…" in sink.plain
     clock.t += 1
     renderer.feed(updates[0])
-    assert "collecting" in sink.last["text/plain"]
+    assert "collecting" in sink.plain
     clock.t += 1
     renderer.feed(updates[1])
     clock.t += 1
     renderer.feed(end)
-    done = sink.last
-    assert "collecting" not in done["text/plain"]  # partial results are snapshots
+    assert "collecting" not in sink.plain  # partial results are snapshots
+    assert "$ pytest -q" in sink.plain and "3 passed" in sink.plain and "1.5s" in sink.plain
+    done = renderer.finish()._repr_mimebundle_()
+    assert "collecting" not in done["text/plain"]
     assert "$ pytest -q" in done["text/plain"] and "3 passed" in done["text/plain"]
     assert "```bash\npytest -q\n```" in done["text/markdown"]
     assert "1.5s" in done["text/plain"]
     (call,) = renderer.finish().tool_calls
-    assert call == ToolCall(
+    assert call == ToolRun(
         name="bash", args=args, result="3 passed\n", is_error=False, id="call_1", done=True, duration_ms=1500
     )
 
@@ -314,6 +339,33 @@ def test_edit_renders_a_unified_diff(renderer):
     assert '<span style="color:#1a7f37;background:rgba(46,160,67,0.12)">+    return a + b</span>' in b["text/html"]
 
 
+def test_edit_shows_the_real_line_numbers_from_pis_patch(renderer):
+    """pi's edit tool returns details.patch (a unified diff with the file's line numbers): an edit
+    at line 13 is shown at line 13, not as `@@ -1 +1,2 @@`."""
+    args = {"path": "calc.py", "edits": [{"oldText": "line 13\n", "newText": "line 13\nadded\n"}]}
+    end = tool_run("e1", "edit", args, "Successfully replaced 1 block(s) in calc.py.")
+    patch = "--- calc.py\n+++ calc.py\n@@ -10,8 +10,9 @@\n line 12\n line 13\n+added\n line 14\n"
+    end[-1]["result"]["details"] = {"diff": " 13 line 13\n+14 added", "patch": patch, "firstChangedLine": 14}
+    feed_all(renderer, end)
+    plain = renderer.bundle()["text/plain"]
+    assert "@@ -10,8 +10,9 @@" in plain and "+added" in plain and "@@ -1 " not in plain
+    assert "--- a/calc.py" in plain
+
+
+def test_edit_without_pis_patch_says_it_has_no_line_numbers(renderer):
+    args = {"path": "calc.py", "edits": [{"oldText": "line 13\n", "newText": "line 13\nadded\n"}]}
+    feed_all(renderer, tool_run("e1", "edit", args, "Could not find the text", is_error=True))
+    plain = renderer.bundle()["text/plain"]
+    assert "@@ line numbers not known @@" in plain and "@@ -1" not in plain and "+added" in plain
+
+
+def test_pis_doubled_punctuation_is_tidied(renderer):
+    feed_all(renderer, [start_assistant(), {"type": "message_end", "message": assistant(
+        [], "error", errorMessage="Connection error.: connect ECONNREFUSED 172.17.0.1:18765")}])
+    assert renderer.error == "Connection error: connect ECONNREFUSED 172.17.0.1:18765"
+    assert "error.:" not in renderer.bundle()["text/plain"]
+
+
 @pytest.mark.parametrize(
     "args",
     [
@@ -349,13 +401,16 @@ def test_error_message_end_is_a_red_block_with_pi_message(renderer, sink):
         {"type": "message_end", "message": assistant([], "error", errorMessage="401 invalid x-api-key")},
     ]
     feed_all(renderer, BEGIN + events + END)
+    renderer.flush()
+    assert "[error] 401 invalid x-api-key" in sink.plain  # live
     result = renderer.finish([], 1.0)
     assert result.error == "401 invalid x-api-key" and not result.ok
-    html_doc = sink.last["text/html"]
+    final = result._repr_mimebundle_()
+    html_doc = final["text/html"]
     assert re.search(r'<div style="[^"]*border:1px solid #d33[^"]*"><b[^>]*>Error</b>.*401 invalid x-api-key', html_doc)
-    assert "[error] 401 invalid x-api-key" in sink.last["text/plain"]
-    assert "── error ·" in sink.last["text/plain"]
-    assert "**Error**\n\n```text\n401 invalid x-api-key\n```" in sink.last["text/markdown"]
+    assert "[error] 401 invalid x-api-key" in final["text/plain"]
+    assert "── error ·" in final["text/plain"]
+    assert "**Error**\n\n```text\n401 invalid x-api-key\n```" in final["text/markdown"]
 
 
 def test_successful_retry_clears_the_error(renderer):
@@ -385,7 +440,7 @@ def test_successful_retry_clears_the_error(renderer):
     assert result.error is None and result.text == "Recovered."
     b = renderer.bundle()
     assert b["text/plain"].count("529 overloaded") == 1
-    assert "retrying (1/3) in 2s" in b["text/plain"]
+    assert "(retrying 1/3 in 2s)" in b["text/plain"] and "((" not in b["text/plain"]
     assert "border:1px solid #d33" not in b["text/html"]  # shown as a warning, not a failure
 
 
@@ -511,51 +566,250 @@ def test_unknown_and_malformed_events_are_ignored(renderer):
 # --------------------------------------------------------------------------- throttling
 
 
-def test_throttle_limits_emits_and_finish_is_final(renderer, sink, clock):
+def test_throttle_limits_updates_and_finish_ends_them(renderer, sink, clock):
     feed_all(renderer, [start_assistant()] + [update("text_delta", delta=f"w{i} ") for i in range(50)])
-    assert len(sink.calls) == 1  # first event emits at once, the rest are within 0.1 s
+    assert sink.flushes == 1  # first event is shown at once, the rest are within 0.1 s
     clock.t += 0.05
     renderer.feed(update("text_delta", delta="more "))
-    assert len(sink.calls) == 1
+    assert sink.flushes == 1
     clock.t += 0.05
     renderer.feed(update("text_delta", delta="last"))
-    assert len(sink.calls) == 2 and "w49 more last" in sink.last["text/plain"]
+    assert sink.flushes == 2 and "w49 more last" in sink.plain
+    calls = len(sink.calls)
     renderer.finish([], 1.0)
-    assert [final for _, final in sink.calls] == [False, False, True]
     renderer.feed(update("text_delta", delta="late"))
-    renderer.flush(force=True)
-    assert len(sink.calls) == 3  # nothing after the final bundle
+    renderer.flush()
+    assert len(sink.calls) == calls  # the result replaces the live view: nothing after finish
 
 
 def test_flush_pushes_pending_update_from_an_idle_loop(renderer, sink, clock):
     renderer.feed(start_assistant())
-    renderer.feed(update("text_delta", delta="abc"))
-    assert len(sink.calls) == 1 and "abc" not in sink.last["text/plain"]
+    renderer.feed(update("text_delta", delta="a"))  # a new block: shown at once
+    assert "a" in sink.plain
+    clock.t += 0.01
+    renderer.feed(update("text_delta", delta="bc"))  # right after: part of a burst, held
+    assert "abc" not in sink.plain
+    clock.t += 0.01
+    renderer.flush()  # pi went quiet
+    assert "abc" in sink.plain
+    calls = len(sink.calls)
     renderer.flush()
-    assert len(sink.calls) == 1  # throttle not elapsed
+    assert len(sink.calls) == calls  # nothing new
     clock.t += 0.1
-    renderer.flush()
-    assert len(sink.calls) == 2 and "abc" in sink.last["text/plain"]
-    renderer.flush()
-    assert len(sink.calls) == 2  # nothing new
-    renderer.feed(update("text_delta", delta="d"))
-    renderer.flush(force=True)
-    assert len(sink.calls) == 3
+    renderer.feed(update("text_delta", delta="d"))  # after a calm spell: at once
+    assert "abcd" in sink.plain
+
+
+def test_wait_is_measured_from_arrival():
+    """A steady stream is shown delta by delta; a burst costs one update per throttle."""
+    clock = Clock()
+    screen = Screen(clock)
+    r = TurnRenderer(screen, clock=clock, throttle=0.02)
+    r.feed(start_assistant())
+    for i in range(20):  # 25 ms apart: each on screen when it arrives
+        clock.t += 0.025
+        r.feed(update("text_delta", delta=f"s{i} "))
+        assert f"s{i}" in screen.plain
+    before = screen.flushes
+    for i in range(100):  # a burst, 1 ms apart: shown every 20 ms of waiting
+        clock.t += 0.001
+        r.feed(update("text_delta", delta=f"b{i} "))
+    assert screen.flushes - before == 4 and "b99" not in screen.plain
+    assert "b79" in screen.plain  # nothing waited longer than the throttle
+    r.flush()
+    assert "b99" in screen.plain
+
+
+def test_default_throttle_is_one_frame():
+    clock = Clock()
+    screen = Screen(clock)
+    r = TurnRenderer(screen, clock=clock)
+    r.feed(start_assistant())
+    clock.t += 0.017
+    r.feed(update("text_delta", delta="x"))
+    assert screen.flushes == 2 and "x" in screen.plain
 
 
 def test_live_footer_shows_elapsed_time_and_running(renderer, sink, clock):
     renderer.feed(start_assistant())
     clock.t += 4.25
     renderer.feed(update("text_delta", delta="x"))
-    assert "── running · anthropic/claude-sonnet-4-5 · 100 in / 1 out · 4.2s" in sink.last["text/plain"]
+    assert "── running · anthropic/claude-sonnet-4-5 · 100 in / 1 out · 4s" in sink.slots[-1]["text/plain"]
+
+
+def test_live_footer_keeps_ticking_while_the_model_is_silent_and_names_the_model(sink, clock):
+    r = TurnRenderer(sink, throttle=0.1, clock=clock, model="local/qwen")
+    r.tick()  # the prompt was sent; nothing from pi yet
+    assert sink.slots[-1]["text/plain"] == "── running · local/qwen · 0s"
+    sent = len(sink.calls)
+    for _ in range(50):  # 0.5 s of ticks: the footer text does not change, nothing is re-sent
+        clock.t += 0.01
+        r.tick()
+    assert len(sink.calls) == sent
+    clock.t += 5.7
+    r.tick()
+    assert sink.slots[-1]["text/plain"] == "── running · local/qwen · 6s" and len(sink.calls) == sent + 1
+    r.feed(start_assistant())  # pi names the model that answers
+    r.flush()
+    assert "anthropic/claude-sonnet-4-5" in sink.slots[-1]["text/plain"]
+
+
+def test_tick_after_finish_sends_nothing(renderer, sink):
+    feed_all(renderer, text_message("done"))
+    renderer.finish([], 1.0)
+    sent = len(sink.calls)
+    renderer.tick()
+    assert len(sink.calls) == sent
+
+
+def test_session_usage_line_for_status():
+    from pimagic.render import session_usage
+
+    stats = {"tokens": {"input": 50000, "output": 10000, "cacheRead": 40000, "cacheWrite": 5000, "total": 105000},
+             "cost": 0.45, "contextUsage": {"tokens": 60000, "contextWindow": 200000, "percent": 30}}
+    assert session_usage(stats) == (
+        "tokens (this session): 50.0k in / 10.0k out (40.0k cached), $0.4500; context 30% of 200.0k"
+    )
+    assert session_usage({}) == "tokens (this session): 0 in / 0 out"
+    assert session_usage({"tokens": "x", "contextUsage": {"percent": None}}) == "tokens (this session): 0 in / 0 out"
+
+
+def test_changed_files_are_relative_links_in_html_only_for_plain_names(renderer):
+    feed_all(renderer, text_message("done"))
+    result = renderer.finish(["src/snake game.py", "snake.py", "javascript:alert(1)", "a\nb"], 1.0)
+    html = result._repr_mimebundle_()["text/html"]
+    assert '<a href="snake.py" style="color:inherit">snake.py</a>' in html
+    assert '<a href="src/snake%20game.py" style="color:inherit">&#x27;src/snake game.py&#x27;</a>' in html
+    assert 'href="javascript' not in html and "&#x27;javascript:alert(1)&#x27;" in html  # shown, not linked
+    assert "&#x27;a\\nb&#x27;" in html and "href=\"a" not in html
+    assert "<a" not in result._repr_mimebundle_()["text/markdown"]
 
 
 def test_finish_footer_has_files_and_duration(renderer, sink):
     feed_all(renderer, text_message("done"))
     result = renderer.finish(["src/a.py", "tests/test_a.py"], 12.34)
     assert result.changed_files == ["src/a.py", "tests/test_a.py"] and result.duration == 12.34
-    assert "12.3s · 2 files changed: src/a.py, tests/test_a.py" in sink.last["text/plain"]
-    assert "$0.0300" in sink.last["text/plain"]
+    plain = result._repr_mimebundle_()["text/plain"]
+    assert "12.3s · 2 files changed: src/a.py, tests/test_a.py" in plain
+    assert "$0.0300" in plain
+
+
+# --------------------------------------------------------------------------- the live view
+
+
+def _stream(renderer, clock, text, sizes):
+    """Stream ``text`` as text deltas of the given sizes, one frame apart; yield after each."""
+    renderer.feed(start_assistant())
+    i = 0
+    for n in sizes:
+        if i >= len(text):
+            break
+        clock.t += 0.02
+        renderer.feed(update("text_delta", delta=text[i : i + n]))
+        i += n
+        yield text[:i]
+
+
+def _squash(text: str) -> str:
+    return "".join(text.split())
+
+
+MIXED = (
+    "Intro paragraph with `code` and **bold**.\n\n"
+    "- item one\n- item two\n\n"
+    "```python\n" + "".join(f"x{i} = {i}  # a line of code\n" for i in range(80)) + "```\n\n"
+    + " ".join(f"word{i}" for i in range(400)) + "\n\n"
+    "| a | b |\n|---|---|\n" + "".join(f"| {i} | {i * i} |\n" for i in range(120)) + "\n"
+    "Last words."
+)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_live_text_is_shown_once_in_order_at_every_step(sink, clock, seed):
+    """However the deltas fall, the outputs on screen hold the text so far: nothing lost, nothing twice."""
+    rnd = random.Random(seed)
+    r = TurnRenderer(sink, throttle=0.0, clock=clock)
+    for so_far in _stream(r, clock, MIXED, [rnd.randint(1, 40) for _ in range(10_000)]):
+        text_slots = sink.slots[:-1]  # the last one is the footer
+        shown = "".join(b["text/plain"] for b in text_slots)
+        assert _squash(shown) == _squash(clean(so_far))
+        assert sink.slots[-1]["text/plain"].startswith("── running")
+    assert len(sink.slots) > 6  # paragraphs, the long code block and the long line were cut
+
+
+def test_finished_pieces_are_sent_once_and_updates_stay_small(sink, clock):
+    r = TurnRenderer(sink, throttle=0.0, clock=clock)
+    list(_stream(r, clock, MIXED, [5] * 10_000))
+    pieces = [(i, slot) for i, (_, slot, b, _) in enumerate(sink.calls) if not b["text/plain"].startswith("── ")]
+    assert len({slot for _, slot in pieces}) > 6
+    for slot in {slot for _, slot in pieces}:
+        # a piece is updated while it grows; once the next one shows, it is never sent again
+        later = [i for i, s in pieces if s > slot]
+        sent = [i for i, s in pieces if s == slot]
+        assert not later or max(sent) < min(later)
+    biggest = max(sum(map(len, b.values())) for _, _, b, _ in sink.calls)
+    assert biggest < 4 * SEGMENT_CHARS + 2000
+
+
+def test_bytes_per_turn_grow_linearly(clock):
+    def turn_bytes(n):
+        screen = Screen(clock)
+        r = TurnRenderer(screen, throttle=0.0, clock=clock)
+        list(_stream(r, clock, "".join(f"p0t{i:03d} " for i in range(n)), [7] * n))
+        return r.bytes_sent
+
+    small, large = turn_bytes(400), turn_bytes(1600)
+    assert large / small < 5  # 4x the deltas; re-sending the whole turn each time would be ~16x
+
+
+def test_final_text_that_differs_from_the_deltas_replaces_them(sink, clock):
+    r = TurnRenderer(sink, throttle=0.0, clock=clock)
+    text = "".join(f"para {i} " * 30 + "\n\n" for i in range(8))
+    list(_stream(r, clock, text, [9] * 10_000))
+    r.feed({"type": "message_end", "message": assistant([{"type": "text", "text": "Short answer."}])})
+    assert sink.plain.startswith("Short answer.") and "para 3" not in sink.plain
+
+
+def test_running_tool_shows_a_preview_and_the_whole_output_when_done(sink, clock):
+    r = TurnRenderer(sink, throttle=0.0, clock=clock)
+    out = "\n".join(f"line {i}" for i in range(300))
+    start, *updates, end = tool_run("c1", "bash", {"command": "seq 300"}, out, partials=[out])
+    for e in (start, *updates):
+        clock.t += 0.02
+        r.feed(e)
+    assert "line 299" in sink.html and "line 0\n" not in sink.html and "280 more lines so far" in sink.html
+    clock.t += 0.02
+    r.feed(end)
+    assert "line 0\n" in sink.html.split("<details>", 1)[1]  # done: all of it, folded
+
+
+def test_streaming_thinking_shows_its_length_then_its_text(sink, clock):
+    r = TurnRenderer(sink, throttle=0.0, clock=clock)
+    r.feed(start_assistant())
+    r.feed(update("thinking_delta", delta="a secret plan"))
+    assert "Thinking… (13 chars)" in sink.html and "secret" not in sink.html
+    r.feed(update("text_delta", 1, delta="Done."))
+    r.feed({"type": "message_end", "message": assistant([{"type": "thinking", "thinking": "a secret plan"},
+                                                         {"type": "text", "text": "Done."}])})
+    assert re.search(r"<details[^>]*><summary[^>]*>Thinking</summary>.*a secret plan", sink.html)
+
+
+@pytest.mark.parametrize(
+    "doc, floor, cut",
+    [
+        ("one\n\ntwo", 0, (5, "")),  # a paragraph is finished once the next one starts
+        ("one\n\n", 0, None),  # ... not before
+        ("- a\n\n  b", 0, None),  # an indented continuation belongs to the list item above
+        ("```\nx\n\ny", 0, None),  # a blank line in code is no paragraph break
+        ("```\nx\n```\n\nafter", 0, (11, "")),
+        ("one\n\ntwo\n\nthree", 5, (10, "")),  # the last break after floor
+        ("```py\n" + "x\n" * 600, 0, (1204, "```py")),  # long code: cut at a line, re-opened
+        ("a " * 600, 0, (1200, "")),  # a long line: at a space
+        ("x" * 1500, 0, (1024, "")),
+    ],
+)
+def test_seal_point(doc, floor, cut):
+    assert seal_point(doc, floor) == cut
 
 
 # --------------------------------------------------------------------------- hostile content
@@ -584,7 +838,7 @@ def test_agent_markdown_renders_as_html_without_images_or_script_links(renderer)
     assert "&lt;b&gt;raw&lt;/b&gt;" in html_doc  # raw HTML from the agent stays text
 
 
-def test_hostile_content_is_escaped_everywhere(renderer):
+def test_hostile_content_is_escaped_everywhere(renderer, sink):
     events = [
         {"type": "message_start", "message": assistant([], "pending", provider=XSS, model=XSS)},
         update("text_delta", delta=f"text {XSS}"),
@@ -602,8 +856,13 @@ def test_hostile_content_is_escaped_everywhere(renderer):
         {"type": "message_start", "message": assistant([], "pending")},
         {"type": "message_end", "message": assistant([], "error", errorMessage=f"err {XSS}")},
     ]
-    feed_all(renderer, events)
+    feed_all(renderer, events, renderer._clock, step=0.2)  # every event shown live
     renderer.add_error(XSS)
+    renderer.flush()
+    for _, _, live, _ in sink.calls:  # each live output on its own
+        _no_markup_from_agent(live.get("text/html", ""))
+        assert "\x1b" not in live["text/plain"]
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in sink.html
     result = renderer.finish([XSS], 1.0)
     bundle = result._repr_mimebundle_()
     _no_markup_from_agent(bundle["text/html"])
@@ -672,7 +931,8 @@ def test_terminal_control_sequences_are_stripped(renderer):
 def test_pi_result_repr_matches_final_bundle(renderer, sink):
     feed_all(renderer, BEGIN + text_message("All good.") + END)
     result = renderer.finish(["a.py"], 3.0)
-    assert result._repr_mimebundle_() == sink.last
+    assert result._repr_mimebundle_() == renderer.bundle()
+    assert set(result._repr_mimebundle_()) == {"text/plain", "text/markdown", "text/html"}
     assert set(result._repr_mimebundle_(include=["text/plain"])) == {"text/plain"}
     assert "text/html" not in result._repr_mimebundle_(exclude=["text/html"])
 

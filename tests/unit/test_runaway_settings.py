@@ -19,7 +19,7 @@ def settings(tmp_path, monkeypatch):
 
 
 def kwargs(settings, tmp_path):
-    return Sandbox(settings, client=object()).container_kwargs("img:tag", tmp_path / "mask")
+    return Sandbox(settings, client=object()).run_kwargs("img:tag")
 
 
 def test_settings_from_the_environment(settings):

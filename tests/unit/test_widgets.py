@@ -10,12 +10,12 @@ import pytest
 from IPython.core.interactiveshell import InteractiveShell
 
 import pimagic
-from pimagic import piconfig, relay
+from pimagic import policy, providers, relay, statedir
 from pimagic.config import PimagicSettings, load_settings
 from pimagic.errors import RpcError, SandboxError
-from pimagic.sandbox import SandboxStatus
+from pimagic.sandbox import ContainerState, SandboxStatus
 from pimagic.scripted_model import ScriptedModelServer
-from pimagic.session import PiSession
+from pimagic.session import PiSession, StartReport
 from pimagic.widgets import SettingsPanel, configured_models, model_choices, settings_panel
 
 
@@ -32,6 +32,7 @@ class FakeClient:
 
 class FakeContainer:
     status = "running"
+    id = "fake-container-id"
 
     def reload(self) -> None:
         pass
@@ -49,19 +50,31 @@ class FakeSandbox:
     def find(self):
         return FakeContainer() if self.owner.running else None
 
+    def state(self) -> ContainerState | None:
+        return ContainerState("running", container_id=FakeContainer.id) if self.owner.running else None
+
     def status(self, *, with_stats: bool = False) -> SandboxStatus:
         if not self.owner.running:
             return SandboxStatus(self.name, "missing")
         return SandboxStatus(self.name, "running", "pimagic:dev", None, 75.0, 50 * 2**20, 4 * 2**30, self.stale)
 
-    def apply_policy(self) -> None:
+    def apply_policy(self, container_id: str | None = None) -> list[str]:
+        """The real decision and host-side record; only the exec into a container is faked."""
         if self.fail_policy:
             raise self.fail_policy
-        self.policies.append(self.owner.settings.paranoid)
+        paranoid, why, notes = policy.decide(self.owner.settings, container_id or FakeContainer.id, None)
+        policy.record_applied(self.owner.settings, container_id or FakeContainer.id, paranoid, why)
+        self.policies.append(paranoid)
+        return notes
 
 
 class FakeSession:
-    """What the panel uses of PiSession, recording calls; `configure_pi` is the real one."""
+    """What the panel uses of PiSession, recording calls; the paranoid parts are the real ones."""
+
+    _on_paranoid = PiSession._on_paranoid
+    push_policy = PiSession.push_policy
+    set_paranoid = PiSession.set_paranoid
+    policy_status = PiSession.policy_status
 
     def __init__(self, settings: PimagicSettings, running: bool = True) -> None:
         self.settings = settings
@@ -73,6 +86,9 @@ class FakeSession:
         self.available = [{"provider": "pimagic-scripted", "id": "scripted"}, {"provider": "other", "id": "b"}]
         self.fail: dict[str, Exception] = {}
         self.session_id = "nb-test-1"
+        self.start_notes: tuple[str, ...] = ()
+        policy.track(settings)
+        settings.observe(self._on_paranoid, names=["paranoid"])
 
     @property
     def rpc(self) -> Any:
@@ -86,10 +102,20 @@ class FakeSession:
         if name in self.fail:
             raise self.fail[name]
 
+    def open(self, progress=None) -> StartReport:
+        self._maybe_fail("open")
+        if self.running:
+            return StartReport("running")
+        self.running = True
+        return StartReport("joined", self.start_notes)
+
     def ensure(self, progress=None) -> FakeSession:
         self._maybe_fail("ensure")
         self.running = True
         return self
+
+    def get_session_stats(self) -> dict:
+        return {"userMessages": 2}
 
     def get_available_models(self) -> list[dict]:
         return self.available
@@ -108,17 +134,15 @@ class FakeSession:
         self._maybe_fail("set_thinking")
         self.thinking = level
 
-    def configure_pi(self) -> None:
-        PiSession.configure_pi(self)  # type: ignore[arg-type]
-
     def new_session(self) -> str:
         self._maybe_fail("new_session")
         self.session_id = "nb-test-2"
         return self.session_id
 
-    def restart(self, progress=None) -> None:
+    def restart(self, progress=None) -> StartReport:
         self._maybe_fail("restart")
         self.running = True
+        return StartReport("created", self.start_notes)
 
     def stop(self) -> None:
         self._maybe_fail("stop")
@@ -157,12 +181,16 @@ def shell(workspace):
     )
     ip = InteractiveShell.instance()
     before = list(ip.configurables)
+    saved = ip.config.PimagicSettings.copy()  # another test's %config must not leak into this kernel
+    ip.config.PimagicSettings.clear()
     pimagic.load_ipython_extension(ip)
     magics = pimagic._magics
     magics._session = FakeSession(magics.settings)  # no Docker in unit tests
     yield ip
     pimagic.unload_ipython_extension(ip)
     ip.configurables[:] = before
+    ip.config.PimagicSettings.clear()
+    ip.config.PimagicSettings.update(saved)
 
 
 def config_current(ip, capsys) -> dict[str, str]:
@@ -226,7 +254,7 @@ def test_paranoid_from_the_panel_goes_through_the_trait_to_the_sandbox(shell):
     sandbox = magics._session.sandbox
     panel.paranoid_box.value = True
     panel.paranoid_box.value = False
-    # PiMagics' observer pushed it, once per change (the panel does not push a second time).
+    # The session's observer pushed it, once per change (the panel does not push a second time).
     assert sandbox.policies == [True, False]
     assert "next gh call" in panel.messages[-1]
 
@@ -237,7 +265,7 @@ def test_paranoid_from_the_panel_goes_through_the_trait_to_the_sandbox(shell):
     assert "exec failed" in panel.message_html.value
 
 
-def test_standalone_panel_pushes_policy_itself(settings):
+def test_the_session_pushes_the_policy_only_while_its_sandbox_runs(settings):
     session = FakeSession(settings)
     panel = SettingsPanel(settings, session)
     panel.paranoid_box.value = True
@@ -270,9 +298,13 @@ def test_buttons_call_the_session_and_show_errors(settings):
     panel = SettingsPanel(settings, session)
     panel.new_button.click()
     assert ("new_session",) in session.calls and "nb-test-2" in panel.messages[-1]
+    assert panel.stop_button.disabled is False  # something runs
     panel.stop_button.click()
     assert not session.running and "stopped" in panel.messages[-1]
-    assert "missing" in panel.status_html.value
+    assert "not started yet" in panel.status_html.value  # the fake removes it: no container at all
+    assert panel.stop_button.disabled is True
+    panel.stop()  # the button is off, but the method says so instead of pretending
+    assert "nothing to stop" in panel.messages[-1] and session.calls.count(("stop",)) == 1
     panel.restart_button.click()
     assert session.running and "restarted" in panel.messages[-1]
     assert "running" in panel.status_html.value and "pimagic:dev" in panel.status_html.value
@@ -285,6 +317,15 @@ def test_buttons_call_the_session_and_show_errors(settings):
     session.fail["new_session"] = RuntimeError("a bug")
     panel.new_button.click()
     assert "RuntimeError: a bug" in panel.messages[-1]
+
+
+def test_what_a_start_did_is_shown_in_the_panel(settings):
+    session = FakeSession(settings)
+    session.start_notes = ("the sandbox's settings changed: replaced its container",)
+    panel = SettingsPanel(settings, session)
+    panel.restart_button.click()
+    assert "note: the sandbox's settings changed: replaced its container" in panel.messages
+    assert "restarted" in panel.messages[-1]
 
 
 def test_status_says_when_a_restart_is_needed(settings):
@@ -312,7 +353,7 @@ def test_no_docker_is_shown_not_raised(settings):
 
 
 def test_model_list_from_models_json_when_pi_is_not_running(settings):
-    piconfig.merge_provider(piconfig.config_dir(settings), "llama-cpp", {
+    providers.merge_provider(statedir.config_dir(settings), "llama-cpp", {
         "baseUrl": "http://127.0.0.1:1337/v1", "api": "openai-completions", "models": [{"id": "qwen"}]})
     assert configured_models(settings) == ["llama-cpp/qwen"]
     session = FakeSession(settings, running=False)
@@ -326,9 +367,9 @@ SEED_SETTINGS = {"defaultProvider": "llama-cpp", "defaultModel": "qwen", "defaul
                  "theme": "dark", "myKey": {"nested": True}}
 
 
-def test_piconfig_merge_keeps_hand_written_keys(settings):
+def test_provider_merge_keeps_hand_written_keys(settings):
     """The seed's offline recipe survives the panel writing pi's files (the host-owned copies)."""
-    cfg = piconfig.config_dir(settings)
+    cfg = statedir.config_dir(settings)
     cfg.mkdir(parents=True)
     models = {"providers": {"llama-cpp": {
         "baseUrl": "http://127.0.0.1:1337/v1", "api": "openai-completions", "apiKey": "none",
@@ -346,15 +387,15 @@ def test_piconfig_merge_keeps_hand_written_keys(settings):
         assert settings.model == f"{provider}/served", panel.messages
         assert "relayed" in panel.messages[-1]
     relay.stop_all()
-    saved = piconfig.read_json(cfg / "settings.json")
+    saved = statedir.read_json(cfg / "settings.json")
     assert saved["theme"] == "dark" and saved["myKey"] == {"nested": True}
     assert saved["defaultProvider"] == provider and saved["defaultModel"] == "served"
     assert saved["defaultThinkingLevel"] == "low"
-    data = piconfig.read_json(cfg / "models.json")
+    data = statedir.read_json(cfg / "models.json")
     assert data["extra"] == 1
     assert data["providers"]["llama-cpp"]["models"] == [{"id": "qwen", "contextWindow": 8192, "note": "mine"}]
     assert data["providers"][provider]["baseUrl"] == server.url  # the host config keeps the user's URL
-    view = piconfig.read_json(piconfig.view_dir(settings) / "models.json")
+    view = statedir.read_json(statedir.view_dir(settings) / "models.json")
     assert view["providers"][provider]["baseUrl"].startswith("http://host.docker.internal:")
 
 
@@ -388,3 +429,74 @@ def test_close_detaches_from_settings(settings):
     panel.close()
     settings.model = "other/b"
     assert session.model["id"] == "scripted"  # no longer pushed by the closed panel
+
+
+def test_before_the_first_run_the_panel_says_not_started_and_stop_is_off(settings):
+    panel = SettingsPanel(settings, FakeSession(settings, running=False))
+    status = panel.status_html.value
+    assert "not started yet (the first %%pi cell starts it)" in status
+    assert "missing" not in status
+    assert panel.stop_button.disabled is True
+    assert "paranoid mode off" in status
+
+
+def test_paranoid_ticked_in_the_panel_outlives_the_kernel(settings, workspace):
+    session = FakeSession(settings)
+    panel = SettingsPanel(settings, session)
+    panel.paranoid_box.value = True
+    assert session.sandbox.policies == [True]
+    assert "kept for this folder" in panel.messages[-1]
+    assert "paranoid mode ON (chosen for this folder with the settings panel" in panel.status_html.value
+
+    # A restarted kernel: new settings from the same sources, a new panel.
+    again = load_settings(workspace, environ={"PIMAGIC_PI_DATA_DIR": str(workspace.parent / "pi" / "agent")})
+    assert again.paranoid is True
+    fresh = SettingsPanel(again, FakeSession(again))
+    assert fresh.paranoid_box.value is True
+
+    # %config False does not undo it; unticking does (and says so in the status line).
+    again.paranoid = False
+    assert again.paranoid is True and fresh.paranoid_box.value is True
+    fresh.paranoid_box.value = False
+    assert again.paranoid is False and fresh.session.sandbox.policies[-1] is False
+    assert "paranoid mode off" in fresh.status_html.value
+    assert policy.read_choice(again).paranoid is False
+
+
+def test_unticking_is_refused_while_the_environment_pins_it(settings, workspace):
+    pinned = load_settings(workspace, environ={
+        "PIMAGIC_PI_DATA_DIR": str(workspace.parent / "pi" / "agent"), "PARANOID_MODE": "1"})
+    panel = SettingsPanel(pinned, FakeSession(pinned))
+    panel.paranoid_box.value = False
+    assert pinned.paranoid is True and panel.paranoid_box.value is True  # snapped back
+    assert "paranoid not changed" in panel.messages[-1] and "PARANOID_MODE in the environment" in panel.messages[-1]
+
+
+def test_a_saved_panel_shows_a_truthful_snapshot(settings):
+    """What a notebook keeps: the widget view for a live front end, and text/plain + text/html that
+    say the values at display time (not ipywidgets' Python repr)."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    panel = SettingsPanel(settings, FakeSession(settings))
+    panel.paranoid_box.value = True
+    settings.model = "other/b"
+    bundle = panel._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" in bundle
+    text, page = bundle["text/plain"], bundle["text/html"]
+    assert "SettingsPanel(" not in text and "snapshot" in text and "not live" in text
+    assert "Paranoid mode: ON" in text and "Model: other/b" in text
+    assert "<th style='text-align:left'>Paranoid mode</th><td>ON (" in page and "other/b" in page
+
+    panel.paranoid_box.value = False
+    assert "Paranoid mode: off" in panel._repr_mimebundle_()["text/plain"]  # taken at display time
+
+    # nbconvert without saved widget state falls back to the snapshot.
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("%pi settings")
+    cell.outputs = [nbformat.v4.new_output("display_data", data=bundle)]
+    nb.cells.append(cell)
+    html_out, _ = HTMLExporter().from_notebook_node(nb)
+    assert "pimagic-settings-snapshot" in html_out and "SettingsPanel(" not in html_out
+    panel.close()
+    assert panel._repr_mimebundle_ is None  # ipywidgets: a closed widget displays nothing

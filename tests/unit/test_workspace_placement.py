@@ -10,7 +10,7 @@ import pytest
 
 from pimagic.config import load_settings
 from pimagic.errors import SandboxError
-from pimagic.sandbox import Sandbox
+from pimagic.sandbox import Sandbox, mask_path
 
 
 @pytest.fixture
@@ -25,7 +25,9 @@ def home(tmp_path: Path, monkeypatch) -> Path:
 def prepare(workspace: Path) -> Path:
     workspace.mkdir(parents=True, exist_ok=True)
     workspace.chmod(0o777)  # a root test run: the agent's uid 1000 may write it
-    return Sandbox(load_settings(workspace, environ={}))._prepare_host_dirs()
+    settings = load_settings(workspace, environ={})
+    Sandbox(settings)._prepare_host_dirs()
+    return mask_path(settings)
 
 
 @pytest.mark.parametrize(

@@ -1,16 +1,17 @@
-"""pi's config files (`models.json`, `settings.json`), kept where the sandbox cannot write.
+"""The folder's host-only state dir: where pi's config lives, out of the sandbox's reach.
 
 A folder's state dir (the parent of `settings.pi_data_path`) holds:
 
     agent/          pi's agent dir, the ONLY part mounted (read-write): sessions, auth.json
-    pi-config/      the host-owned models.json / settings.json (pimagic, the panel and you write these)
+    pi-config/      the host-owned models.json / settings.json (pimagic, the panel and you write these;
+                    their content is pimagic.providers' job)
     sandbox-view/   what pi reads: a generated copy (relay URLs substituted), bind-mounted
                     read-only as files over agent/models.json and agent/settings.json
     conversations/, relays.json, empty-mask   host-only bookkeeping
 
 The host never reads or writes inside `agent/` (the agent owns it): it only creates the
-directory, and `pimagic clean --reset` removes it without following symlinks.
-Merges never clobber hand-written keys. No Docker here.
+directory, and `pimagic clean --reset` removes it without following symlinks. Every read and
+write here is symlink-safe (pimagic.hostfs). No Docker here.
 """
 
 from __future__ import annotations
@@ -85,48 +86,6 @@ def write_json(path: Path, data: Mapping[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     with hostfs.opened_dir(path.parent) as dfd:
         hostfs.write_atomic(dfd, path.name, _dump(data), mode=0o600)
-
-
-def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
-    """`update` over `base`, recursing into objects; keys only in `base` survive."""
-    out = dict(base)
-    for key, value in update.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
-def merge_provider(cfg_dir: Path, name: str, provider: Mapping[str, Any]) -> None:
-    """Add or update one provider in the host-owned models.json; other providers and keys are kept.
-
-    Models of the provider are merged by id, so a model the user tuned by hand
-    keeps its extra fields.
-    """
-    path = Path(cfg_dir) / MODELS_FILE
-    data = read_json(path)
-    providers = dict(data.get("providers") or {})
-    current = dict(providers.get(name) or {})
-    merged = deep_merge(current, {k: v for k, v in provider.items() if k != "models"})
-    if "models" in provider:
-        by_id = {m.get("id"): dict(m) for m in current.get("models") or [] if isinstance(m, Mapping)}
-        for model in provider["models"]:
-            by_id[model["id"]] = deep_merge(by_id.get(model["id"], {}), model)
-        merged["models"] = list(by_id.values())
-    providers[name] = merged
-    data["providers"] = providers
-    write_json(path, data)
-
-
-def merge_settings(cfg_dir: Path, values: Mapping[str, Any]) -> None:
-    """Merge keys into the host-owned settings.json (e.g. defaultProvider, defaultModel, retry)."""
-    path = Path(cfg_dir) / SETTINGS_FILE
-    write_json(path, deep_merge(read_json(path), values))
-
-
-def configured_providers(cfg_dir: Path) -> dict[str, Any]:
-    return dict(read_json(Path(cfg_dir) / MODELS_FILE).get("providers") or {})
 
 
 # --- the state dir and the sandbox's read-only view ---------------------------------------
@@ -209,26 +168,6 @@ def write_view(settings: Any, models: Mapping[str, Any], pi_settings: Mapping[st
             payload = _dump(data)
             if hostfs.read_file(vfd, name) != payload:
                 hostfs.write_in_place(vfd, name, payload, mode=0o644)
-
-
-def refresh_view(settings: Any) -> None:
-    """The view = the host-owned config, with each relayed provider's baseUrl replaced by its
-    relay's sandbox URL (from the host-only relays record, see pimagic.relay)."""
-    from .relay import read_record
-
-    cfg = config_dir(settings)
-    models = read_json(cfg / MODELS_FILE)
-    record = read_record(settings)
-    providers = dict(models.get("providers") or {})
-    for name, provider in providers.items():
-        entry = record.get(name) or {}
-        if isinstance(provider, Mapping) and entry.get("containerUrl") and provider.get("baseUrl") == entry.get(
-            "hostUrl"
-        ):
-            providers[name] = {**provider, "baseUrl": entry["containerUrl"]}
-    if providers:
-        models = {**models, "providers": providers}
-    write_view(settings, models, read_json(cfg / SETTINGS_FILE))
 
 
 def reset_pi_data(settings: Any) -> list[str]:
