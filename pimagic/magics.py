@@ -259,7 +259,11 @@ class PiMagics(Magics):
             broke = e  # pimagic's side (channel, sandbox, disk limit): not the provider's fault
         finally:
             restore()
-        changed = workspace.diff(before, workspace.snapshot(folder))
+        after = workspace.snapshot(folder)
+        changed = workspace.diff(before, after, folder)
+        bound = workspace.bound_note(before, after)  # a flood hides ordinary changes, never host-run ones
+        if bound:
+            renderer.add_notice(bound, warn=True)
         if changed.host_executable:
             renderer.add_notice(
                 "the agent created or changed files your machine may run: "

@@ -397,7 +397,9 @@ class Sandbox:
         try:
             if self._settle(container) != "running":
                 raise SandboxError("the sandbox container exited at once", container=self.name)
-            self._verify_mounts(container, agent_dir=self._agent_dir)  # before the token or pi
+            # before the token or pi; `.git` only when mounted (keeps the two-argument call otherwise)
+            git = {"git_dir": view.git_id} if view.git_id is not None else {}
+            self._verify_mounts(container, agent_dir=self._agent_dir, **git)
             self.put_secret("github_token", self.settings.github_token.encode())
             notes.extend(self.apply_policy(container.id))
         except WorkspaceReplacedError:
@@ -413,15 +415,20 @@ class Sandbox:
             ) from None
         return container, view
 
-    def _verify_mounts(self, container, *, agent_dir: tuple[int, int] | None) -> None:
+    def _verify_mounts(
+        self, container, *, agent_dir: tuple[int, int] | None, git_dir: tuple[int, int] | None = None
+    ) -> None:
         """What Docker mounted (stat in the container, before anything of the agent's runs)
-        is the pinned folder, and pi's agent dir when `agent_dir` is given: dockerd follows links in
-        a mount source when it mounts, after the host's check. WorkspaceReplacedError otherwise."""
+        is the pinned folder, pi's agent dir when `agent_dir` is given, and the host `.git` the
+        view saw when `git_dir` is given (mounted read-write): dockerd follows links in a mount
+        source when it mounts, after the host's check. WorkspaceReplacedError otherwise."""
         s, pinned = self.settings, self.settings.workspace_pin
         reference = statedir.view_dir(s) / statedir.MODELS_FILE  # host-only, mounted in every start
         targets = [CONTAINER_WORKSPACE, f"{CONTAINER_PI_DIR}/{statedir.MODELS_FILE}"]
         if agent_dir is not None:
             targets.append(CONTAINER_PI_DIR)
+        if git_dir is not None:
+            targets.append(f"{CONTAINER_WORKSPACE}/.git")
         # The image's own `stat`, as the agent's uid: root in the sandbox has no CAP_DAC_OVERRIDE and
         # cannot enter the agent's home; nothing of the agent's runs yet in a container just created.
         code, out, err = self.exec(["stat", "-c", "%d %i", "--", *targets])
@@ -446,6 +453,8 @@ class Sandbox:
             wrong.append(f"{CONTAINER_WORKSPACE} is not {pinned.path}")
         if agent_dir is not None and not workspace_pin.same(agent_dir, seen[2], ref_pair):
             wrong.append(f"{CONTAINER_PI_DIR} is not {s.pi_data_path}")
+        if git_dir is not None and not workspace_pin.same(git_dir, seen[-1], ref_pair):
+            wrong.append(f"{CONTAINER_WORKSPACE}/.git is not {pinned.path}/.git")
         if wrong:
             what = f"the folder {pinned.path}" if wrong[0].startswith(CONTAINER_WORKSPACE) else (
                 f"pi's data dir {s.pi_data_path}")

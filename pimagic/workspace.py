@@ -10,6 +10,7 @@ import fnmatch
 import os
 import re
 import stat
+import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,7 +45,19 @@ HOST_EXECUTABLE_PATTERNS = (
     "pytest.ini", "setup.cfg", ".npmrc", ".yarnrc*", "justfile", "Taskfile.yml", ".direnv/*",
 )
 
-Snapshot = dict[str, tuple[int, int, int]]
+# The patterns as two regexes for the snapshot's per-file check: those with a `/` on the path,
+# the others on the name (fnmatch's `*` crosses `/`, so `is_host_executable` also tries the path).
+_NAME_RE = re.compile("|".join(fnmatch.translate(p) for p in HOST_EXECUTABLE_PATTERNS if "/" not in p))
+_PATH_RE = re.compile("|".join(fnmatch.translate(p) for p in HOST_EXECUTABLE_PATTERNS if "/" in p))
+# Names that make a folder a bare-looking git dir (see `_bare_git_live`), or live in one.
+_BARE_NAMES = frozenset({"HEAD", "config", "config.worktree", "commondir", "gitdir"})
+
+
+class Snapshot(dict[str, tuple[int, int, int]]):
+    """relative path -> (mtime_ns, size, mode). `truncated`: ordinary files past `_MAX_FILES` were
+    left out (the files the host may run never are)."""
+
+    truncated: bool = False
 
 
 def _walk(
@@ -89,18 +102,43 @@ def _is_git_root(prefix: str) -> bool:
 # --- change tracking ------------------------------------------------------------------------
 
 
+def _watched(prefix: str, name: str) -> bool:
+    """A path the host may run by its name alone (the executable bit needs a stat): these are
+    stat'ed past the bound, so a flood of ordinary files hides none of them."""
+    if name == ".git" or (".git" in prefix and _in_git_dir(f"{prefix}{name}".split("/"))):
+        return True
+    if name in _BARE_NAMES or "/hooks/" in f"/{prefix}" or "/info/" in f"/{prefix}":
+        return True
+    return bool(_NAME_RE.match(name) or (prefix and _PATH_RE.match(prefix + name)))
+
+
+def _split(rel: str) -> tuple[str, str]:
+    """"a/b/c" -> ("a/b/", "c"): the walk's (prefix, name)."""
+    head, _, name = rel.rpartition("/")
+    return (f"{head}/" if head else ""), name
+
+
 def snapshot(root: Path) -> Snapshot:
-    """relative path -> (mtime_ns, size, mode) for files under root (bounded: see `complete`)."""
-    out: Snapshot = {}
+    """Every file under root (outside SKIP_DIRS), stat'ed: all the ones the host may run by name,
+    ordinary ones up to `_MAX_FILES` (then `truncated`). Every folder is listed whatever its size,
+    so the agent cannot choose the walk order to push a host-run file past the bound."""
+    out = Snapshot()
+    ordinary: int | None = None  # counted from the bound on: below it no file needs classifying
     for prefix, entries in _walk(root):
         for entry in entries:
+            rel = prefix + entry.name
+            if ordinary is None and len(out) >= _MAX_FILES:
+                ordinary = sum(1 for r in out if not _watched(*_split(r)))
+            if ordinary is not None and not _watched(prefix, entry.name):
+                if ordinary >= _MAX_FILES:
+                    out.truncated = True
+                    continue
+                ordinary += 1
             try:
                 st = entry.stat(follow_symlinks=False)
             except OSError:
                 continue
-            out[prefix + entry.name] = (st.st_mtime_ns, st.st_size, st.st_mode)
-            if len(out) >= _MAX_FILES:
-                return out
+            out[rel] = (st.st_mtime_ns, st.st_size, st.st_mode)
     return out
 
 
@@ -120,8 +158,16 @@ class Changes:
 
 
 def complete(snap: Snapshot) -> bool:
-    """False when `snapshot` stopped at its bound: its keys are then not the whole folder."""
-    return len(snap) < _MAX_FILES
+    """False when `snapshot` left ordinary files out at its bound: its keys are not the whole folder."""
+    return not getattr(snap, "truncated", False)
+
+
+def bound_note(*snaps: Snapshot) -> str | None:
+    """What the cell says when a snapshot was cut at its bound (None when none was)."""
+    if all(complete(s) for s in snaps):
+        return None
+    return (f"more than {_MAX_FILES:,} files: changes to other files are not listed; files your machine may "
+            "run are still checked (by name: a new executable bit past the bound is not)")
 
 
 # What git writes in a git dir during ordinary use and never runs nor reads as settings (below
@@ -130,9 +176,8 @@ def complete(snap: Snapshot) -> bool:
 _GIT_INERT = frozenset({
     "index", "index.lock", "HEAD", "ORIG_HEAD", "FETCH_HEAD", "MERGE_HEAD", "MERGE_MSG", "MERGE_MODE",
     "CHERRY_PICK_HEAD", "REVERT_HEAD", "AUTO_MERGE", "COMMIT_EDITMSG", "SQUASH_MSG", "packed-refs",
-    "description", "shallow", "refs", "objects", "logs", "lfs", "rebase-merge", "rebase-apply", "sequencer",
-    "gc.log", "gitk.cache",
-})
+    "description", "shallow", "refs", "objects", "logs", "lfs", "gc.log", "gitk.cache",
+})  # not rebase-merge/rebase-apply/sequencer: their todo files hold `exec` lines `--continue` runs
 # In a folder that only looks like a bare git dir (its `HEAD` is a sibling): what git would run.
 _GIT_LIVE = frozenset({"config", "config.worktree", "commondir", "gitdir", "hooks", "info", "modules", "worktrees"})
 
@@ -172,7 +217,94 @@ def _bare_git_live(rel: str, after: Snapshot) -> bool:
     return parts[0] in _GIT_LIVE and "HEAD" in after
 
 
-def diff(before: Snapshot, after: Snapshot) -> Changes:
+_INDEX_CAP = 64 << 20  # a bigger index is not parsed: it is named (fail closed)
+_GITLINK = 0o160000
+
+
+def index_has_gitlink(data: bytes) -> bool:
+    """A git index (DIRC, versions 2-4, SHA-1) holds a gitlink entry: a repository the host's
+    `git status` recurses into, running its config. Parsed here, never by git on the host.
+    Anything that does not parse (SHA-256, damaged, cut) counts as one: fail closed."""
+    if len(data) < 12 or data[:4] != b"DIRC":
+        return True
+    version, count = struct.unpack_from(">II", data, 4)
+    if version not in (2, 3, 4):
+        return True
+    pos = 12
+    for _ in range(count):
+        if pos + 62 > len(data):
+            return True
+        mode, = struct.unpack_from(">I", data, pos + 24)
+        if mode & 0o170000 == _GITLINK:
+            return True
+        flags, = struct.unpack_from(">H", data, pos + 60)
+        name = pos + 62 + (2 if version >= 3 and flags & 0x4000 else 0)
+        if version == 4:  # a varint (how much of the previous name to drop), then the NUL-ended rest
+            while name < len(data) and data[name] & 0x80:
+                name += 1
+            end = data.find(b"\0", name + 1)
+            if end < 0:
+                return True
+            pos = end + 1
+        else:  # the NUL-ended name, padded with NULs to a multiple of 8 bytes from the entry's start
+            end = data.find(b"\0", name)
+            if end < 0:
+                return True
+            pos += (end - pos + 8) & ~7
+    return False
+
+
+def _read_capped(root: Path, rel: str, cap: int) -> bytes | None:
+    """A regular file's bytes, opened component by component with O_NOFOLLOW (no link the agent
+    planted is followed); None when it is not one, or bigger than `cap`."""
+    try:
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        *dirs, last = rel.split("/")
+        for part in dirs:
+            nxt = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            os.close(fd)
+            fd = nxt
+        nxt = os.open(last, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=fd)
+        os.close(fd)
+        fd = nxt
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > cap:
+            return None
+        with os.fdopen(fd, "rb") as f:
+            fd = -1
+            data = f.read(cap + 1)
+        return data if len(data) <= cap else None
+    except OSError:
+        return None
+    finally:
+        if fd >= 0:
+            os.close(fd)
+
+
+def _is_git_index(rel: str) -> bool:
+    """`rel` is a git dir's index (`.git/index`, a submodule's or a worktree's)."""
+    parts = rel.split("/")
+    if parts[-1] != "index" or ".git" not in parts[:-1]:
+        return False
+    rest = parts[len(parts) - 1 - parts[:-1][::-1].index(".git"):]
+    while len(rest) > 2 and rest[0] in ("modules", "worktrees"):
+        rest = rest[2:]
+    return rest == ["index"]
+
+
+def _gitlinked_index(root: Path | None, rel: str) -> bool:
+    """A changed index that now holds a gitlink (or that cannot be read and parsed)."""
+    if root is None or not _is_git_index(rel):
+        return False
+    data = _read_capped(root, rel, _INDEX_CAP)
+    return data is None or index_has_gitlink(data)
+
+
+def diff(before: Snapshot, after: Snapshot, root: Path | None = None) -> Changes:
+    """What changed between two snapshots; `root` lets a changed git index be read for gitlinks."""
     changes = Changes()
     for rel, meta in after.items():
         if rel not in before:
@@ -188,7 +320,7 @@ def diff(before: Snapshot, after: Snapshot) -> Changes:
     changes.host_executable = [
         r for r in changes.changed
         if is_host_executable(r, after[r][2]) or _bare_git_live(r, after)
-        or (nested and r.split("/")[-2:] == [".git", "index"])
+        or (nested and r.split("/")[-2:] == [".git", "index"]) or _gitlinked_index(root, r)
     ]
     return changes
 
@@ -369,6 +501,7 @@ class WorkspaceView:
     read_only: tuple[Path, ...] = ()
     git_dir: Path | None = None
     notes: tuple[str, ...] = ()
+    git_id: tuple[int, int] | None = None  # git_dir's (st_dev, st_ino) when the view was built
 
 
 def view(
@@ -380,7 +513,12 @@ def view(
     if gits.capped:
         notes = (f"{gits.capped} more git repositories in the folder were left writable (only {MAX_GIT_DIRS} "
                  "get read-only config and hooks); the change report still names what the agent writes there",)
+    git = git_dir(root)
+    try:
+        st = git.lstat() if git is not None else None
+    except OSError:
+        st = None
     return WorkspaceView(
         root, tuple(secret_files(root, patterns, keep_visible, candidates)), tuple(read_only_paths(root, gits)),
-        git_dir(root), notes,
+        git, notes, None if st is None else (st.st_dev, st.st_ino),
     )

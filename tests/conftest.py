@@ -3,6 +3,7 @@ server per test run; a fresh workspace (and so a fresh container) per test."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -69,10 +70,16 @@ def settings(workspace: Path, tmp_path: Path, sandbox_image: str, docker_client)
         workspace, environ=os.environ, pi_data_dir=str(tmp_path / "pi-data" / "agent"), image=sandbox_image
     )
     yield s
-    try:
-        docker_client.containers.get(s.container_name).remove(force=True)
-    except Exception:
-        pass
+    from pimagic.sandbox import Sandbox
+
+    box = Sandbox(s, docker_client)
+    # Through the sandbox, so its write window closes (env trust): a window left open past its
+    # container would cover a later folder that reuses a deleted test folder's inode, and that
+    # folder's `.env` would be refused. Windows of containers a test removed by hand close too.
+    with contextlib.suppress(Exception):
+        box.remove()
+    with contextlib.suppress(Exception):
+        box.close_stale_windows()
 
 
 @pytest.fixture(scope="session")

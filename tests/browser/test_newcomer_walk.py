@@ -332,7 +332,7 @@ def test_a_newcomers_walk_through_jupyterlab(lab, scripted, settings, workspace,
         #     which never had the panel's widget). The saved panel carries a truthful snapshot
         #     (paranoid mode ON, marked "not live"): nbconvert and untrusted views show it.
         saved = json.loads((workspace / "snake.ipynb").read_text())
-        panel_html = [o["data"].get("text/html", "") for c in saved["cells"] for o in c.get("outputs", [])
+        panel_html = ["".join(o["data"].get("text/html", "")) for c in saved["cells"] for o in c.get("outputs", [])
                       if "data" in o and "application/vnd.jupyter.widget-view+json" in o["data"]]
         assert panel_html and "not live" in panel_html[0], f"step 10 (the saved snapshot): {panel_html!r}"
         assert re.search(r"Paranoid mode\W+ON", _html_text(panel_html[0])), f"step 10 (saved value): {panel_html!r}"

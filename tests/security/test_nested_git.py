@@ -103,7 +103,7 @@ def test_a_nested_repo_made_in_the_turn_is_named(pi_magics, scripted, workspace,
     chown_tree(workspace)
     diffs: list[ws.Changes] = []
     real_diff = ws.diff
-    monkeypatch.setattr(ws, "diff", lambda b, a: diffs.append(real_diff(b, a)) or diffs[-1])
+    monkeypatch.setattr(ws, "diff", lambda b, a, root=None: diffs.append(real_diff(b, a, root)) or diffs[-1])
     out, warning = cell(pi_magics, scripted, NESTED)
     assert out.startswith("160000"), out  # a gitlink
     assert "sub/.git/config" in warning and ".git/index" in warning.replace("sub/.git/index", ""), warning
@@ -186,3 +186,130 @@ def test_a_secret_added_past_the_snapshot_bound_is_hidden_and_said(pi_magics, sc
     bounded = ws.snapshot(workspace)  # the control: the bounded snapshot misses it
     missed = ws.secret_files(workspace, pi_magics.settings.secret_patterns, candidates=bounded)
     assert not ws.complete(bounded) and workspace / "config/deploy.key" not in missed, MASK
+
+
+
+# --- red team 2 (RT2-1..3): what the change report missed -----------------------------------
+
+GITLINK_IN_NODE_MODULES = (
+    "cd /workspace && mkdir -p node_modules/evil && cd node_modules/evil && git init -q --template= && "
+    "git -c user.name=a -c user.email=a@b commit -q --allow-empty -m s && "
+    f"git config core.fsmonitor '{FSMONITOR}' && cd /workspace && "
+    "git -c user.name=a -c user.email=a@b add -f node_modules/evil 2>/dev/null && git ls-files -s node_modules"
+)
+
+
+def test_a_gitlink_into_a_skipped_folder_names_the_index(pi_magics, scripted, workspace, monkeypatch):
+    """RT2-1: node_modules/ is never walked, so the nested repo there is unseen; the index now holds
+    its gitlink, and the host's `git status` recurses into it. The index itself is read for gitlinks."""
+    repo(workspace)
+    chown_tree(workspace)
+    out, warning = cell(pi_magics, scripted, GITLINK_IN_NODE_MODULES)
+    assert out.startswith("160000"), out
+    assert "may run: .git/index (review" in warning, warning
+    assert ran_on_host(workspace) or (workspace / "node_modules/evil" / CANARY).exists()  # what it warns about
+
+
+def test_control_a_gitlink_into_a_skipped_folder_without_the_index_check(pi_magics, scripted, workspace,
+                                                                        monkeypatch):
+    """The same cell with the index check taken out (the old report): no warning."""
+    repo(workspace)
+    chown_tree(workspace)
+    monkeypatch.setattr(ws, "_gitlinked_index", lambda root, rel: False)
+    out, warning = cell(pi_magics, scripted, GITLINK_IN_NODE_MODULES)
+    assert out.startswith("160000") and warning == "", f"{CHANGE_REPORT}: control warned: {warning}"
+
+
+REBASE_TODO = (
+    "cd /workspace && git -c user.name=a -c user.email=a@b "
+    f"-c sequence.editor=\"sed -i -e '1i break' -e '1i exec {FSMONITOR}'\" rebase -i HEAD~1 >/dev/null 2>&1; "
+    "grep -c ^exec .git/rebase-merge/git-rebase-todo"
+)
+
+
+def _two_commits(workspace: Path) -> None:
+    repo(workspace)
+    (workspace / "f").write_text("1")
+    assert git("-C", workspace, "add", "f").returncode == 0
+    assert git("-C", workspace, "-c", "user.name=u", "-c", "user.email=u@h", "commit", "-qm", "two").returncode == 0
+    chown_tree(workspace)
+
+
+def test_a_rebase_todo_with_exec_is_named(pi_magics, scripted, workspace):
+    """RT2-3: the agent stops a rebase with an `exec` line in its todo; the host's `git status`
+    says to run `git rebase --continue`, which runs it. The todo is named."""
+    _two_commits(workspace)
+    out, warning = cell(pi_magics, scripted, REBASE_TODO)
+    assert out.strip() == "1", out
+    assert ".git/rebase-merge/git-rebase-todo" in warning, warning
+    git("-C", workspace, "-c", "user.name=u", "-c", "user.email=u@h", "rebase", "--continue")
+    assert (workspace / CANARY).exists()  # why the warning matters
+
+
+def test_control_a_rebase_todo_when_rebase_state_is_inert(pi_magics, scripted, workspace, monkeypatch):
+    _two_commits(workspace)
+    monkeypatch.setattr(ws, "_GIT_INERT", ws._GIT_INERT | {"rebase-merge", "rebase-apply", "sequencer"})
+    out, warning = cell(pi_magics, scripted, REBASE_TODO)
+    assert out.strip() == "1" and warning == "", f"{CHANGE_REPORT}: control warned: {warning}"
+
+
+# A folder the old walk (a stack: the last listed entry first) reaches before proj/, then a flood in it.
+FLOOD_FIRST = r"""
+cd /workspace
+for n in $(seq 0 200); do
+  mkdir f$n
+  pos_f=$(ls -U | grep -nx "f$n" | cut -d: -f1); pos_p=$(ls -U | grep -nx proj | cut -d: -f1)
+  if [ "$pos_f" -gt "$pos_p" ]; then break; fi
+  rmdir f$n
+done
+cd f$n && seq 600 | xargs touch && ls -U | wc -l
+"""
+COMMONDIR = (
+    "cd /workspace && F=$(ls -d f*) && mkdir -p $F/zz && cp -r proj/.git $F/zz/common && chmod -R u+w $F/zz/common "
+    "&& rm -f $F/zz/common/config && "
+    f"printf '[core]\\n\\trepositoryformatversion = 0\\n\\tfsmonitor = \"{FSMONITOR}\"\\n' > $F/zz/common/config && "
+    "echo ../../$F/zz/common > proj/.git/commondir && echo planted"
+)
+
+
+def _old_snapshot(root: Path) -> ws.Snapshot:
+    """The snapshot before RT2-2: stat in walk order, stop at the bound."""
+    out = ws.Snapshot()
+    for prefix, entries in ws._walk(root):
+        for entry in entries:
+            if len(out) >= ws._MAX_FILES:
+                out.truncated = True
+                return out
+            st = entry.stat(follow_symlinks=False)
+            out[prefix + entry.name] = (st.st_mtime_ns, st.st_size, st.st_mode)
+    return out
+
+
+def commondir_behind_a_flood(pi_magics, scripted, workspace: Path) -> tuple[str, str]:
+    """RT2-2 (bound lowered to 500 to keep the cells short): a flood the walk reaches first, then
+    `proj/.git/commondir` moving git's config to a folder the agent writes."""
+    repo(workspace / "proj")
+    chown_tree(workspace)
+    scripted.push(call("bash", command=FLOOD_FIRST), say("done"))
+    pi_magics.shell.run_cell_magic("pi", "", "generate test fixtures")
+    scripted.push(call("bash", command=COMMONDIR), say("done"))
+    result = pi_magics.shell.run_cell_magic("pi", "", "tidy the project")
+    return result.tool_calls[0].result, result._repr_mimebundle_()["text/plain"]
+
+
+def test_a_flood_hides_no_host_run_file(pi_magics, scripted, workspace, monkeypatch):
+    monkeypatch.setattr(ws, "_MAX_FILES", 500)
+    out, plain = commondir_behind_a_flood(pi_magics, scripted, workspace)
+    assert out.strip().endswith("planted"), out
+    warning = next(line for line in plain.splitlines() if "may run:" in line)
+    assert "proj/.git/commondir" in warning, warning
+    assert "more than 500 files: changes to other files are not listed" in plain, plain
+    assert ran_on_host(workspace / "proj")  # what it warns about
+
+
+def test_control_a_flood_with_the_old_bounded_snapshot(pi_magics, scripted, workspace, monkeypatch):
+    monkeypatch.setattr(ws, "_MAX_FILES", 500)
+    monkeypatch.setattr(ws, "snapshot", _old_snapshot)
+    out, plain = commondir_behind_a_flood(pi_magics, scripted, workspace)
+    assert out.strip().endswith("planted"), out
+    assert "may run:" not in plain, f"{CHANGE_REPORT}: control warned: {plain}"  # silent: the hole

@@ -110,7 +110,7 @@ def test_swapped_child_folder_is_refused(pi_magics, child_magics, scripted, work
 def test_control_without_the_pin_mounts_the_host_folder(pi_magics, child_magics, scripted, host_dir, monkeypatch):
     """Both layers removed: the same attack writes into the host folder (the layers stop it)."""
     monkeypatch.setattr(workspace_pin, "check", lambda p: p)
-    monkeypatch.setattr(Sandbox, "_verify_mounts", lambda self, container, agent_dir: None)
+    monkeypatch.setattr(Sandbox, "_verify_mounts", lambda self, container, agent_dir, **_: None)
     _parent_swaps(pi_magics, scripted, host_dir)
     result = _child_restarts(child_magics, scripted)
     assert result.ok, result.error
@@ -209,6 +209,8 @@ def test_allowed_restart_and_new_workspace(child_magics, scripted, workspace, tm
         shell.run_line_magic("config", f"PimagicSettings.workspace = {str(other)!r}")
     finally:
         shell.configurables.remove(child_magics.settings)
+        # %config also stores the value in the shell's config, which later settings would load
+        shell.config.get("PimagicSettings", {}).pop("workspace", None)
     assert child_magics.settings.workspace_path == other.resolve()
     scripted.push(call("bash", command="cat /workspace/other.txt"), say("ok"))
     assert "other folder" in child_magics.pi("", "read the other").tool_calls[0].result

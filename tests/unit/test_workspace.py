@@ -3,9 +3,13 @@ to mask, the read-only paths, and that only `disarm` writes."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+
 import pytest
 
 from pimagic import workspace
+from pimagic.errors import WorkspaceReplacedError
 from pimagic.workspace import SKIP_DIRS, diff, is_host_executable, snapshot
 
 
@@ -221,3 +225,161 @@ def test_a_flood_of_repos_is_capped_and_said(tmp_path):
     assert "5 more git repositories" in view.notes[0]
     workspace.disarm(tmp_path)
     assert len(workspace.view(tmp_path, PATTERNS).read_only) == 2 * workspace.MAX_GIT_DIRS
+
+
+# --- red team 2: rebase todos, gitlinks in an index, the snapshot bound, the `.git` mount -----
+
+
+@pytest.mark.parametrize(
+    "path", [".git/rebase-merge/git-rebase-todo", ".git/rebase-apply/patch", ".git/sequencer/todo",
+             "sub/.git/rebase-merge/done"],
+)
+def test_rebase_and_sequencer_state_is_flagged(path):
+    """RT2-3: a rebase todo holds `exec` lines that `git rebase --continue` runs on the host."""
+    assert is_host_executable(path, 0o100644)
+
+
+GIT = ["env", "HOME=/nonexistent", "GIT_CONFIG_NOSYSTEM=1", "git", "-c", "safe.directory=*",
+       "-c", "user.name=u", "-c", "user.email=u@h", "-c", "init.defaultBranch=main"]
+
+
+def git(cwd, *args):
+    subprocess.run([*GIT, "-C", str(cwd), *args], check=True, capture_output=True)
+
+
+def _index_repo(root, version=None):
+    """A real repository (git generates the fixture; pimagic never runs git on the host)."""
+    git(root, "init", "-q", "--template=")
+    if version:
+        git(root, "update-index", "--index-version", str(version))
+    tree(root, "a.txt", "deep/er/b.txt")
+    git(root, "add", ".")
+    git(root, "commit", "-q", "-m", "one")
+
+
+def _gitlink(root, rel, add=True):
+    (root / rel).mkdir(parents=True)
+    git(root / rel, "init", "-q", "--template=")
+    git(root / rel, "commit", "-q", "--allow-empty", "-m", "s")
+    if add:
+        git(root, "add", "-f", rel)
+
+
+@pytest.mark.parametrize("version", [None, 2, 3, 4])
+def test_a_changed_index_with_a_gitlink_is_flagged(tmp_path, version):
+    """RT2-1: a gitlink (mode 160000) in an index makes the host's `git status` recurse into that
+    repo and run its config, even under node_modules/ (never walked)."""
+    _index_repo(tmp_path, version)
+    if version == 3:
+        tree(tmp_path, "intent.txt")
+        git(tmp_path, "add", "-N", "intent.txt")  # intent-to-add: an extended-flags entry (v3)
+    before = snapshot(tmp_path)
+    _gitlink(tmp_path, "node_modules/evil")
+    data = (tmp_path / ".git/index").read_bytes()
+    assert int.from_bytes(data[4:8], "big") == (version or 2)
+    assert workspace.index_has_gitlink(data)
+    assert diff(before, snapshot(tmp_path), tmp_path).host_executable == [".git/index"]
+
+
+@pytest.mark.parametrize("version", [None, 3, 4])
+def test_an_ordinary_commit_changes_the_index_without_a_warning(tmp_path, version):
+    _index_repo(tmp_path, version)
+    if version == 3:
+        tree(tmp_path, "intent.txt")
+        git(tmp_path, "add", "-N", "intent.txt")
+    before = snapshot(tmp_path)
+    tree(tmp_path, "zz/new.txt", "a0.txt")
+    git(tmp_path, "add", ".")
+    git(tmp_path, "commit", "-q", "-m", "two")
+    assert not workspace.index_has_gitlink((tmp_path / ".git/index").read_bytes())
+    changes = diff(before, snapshot(tmp_path), tmp_path)
+    assert ".git/index" in changes.modified and changes.host_executable == []
+
+
+def test_a_nested_repos_index_with_a_gitlink_is_flagged(tmp_path):
+    (tmp_path / "proj").mkdir()
+    _index_repo(tmp_path / "proj")
+    _gitlink(tmp_path / "proj", "vendor/x", add=False)  # a repo the user had: only the `git add` is new
+    before = snapshot(tmp_path)
+    git(tmp_path / "proj", "add", "-f", "vendor/x")
+    assert diff(before, snapshot(tmp_path), tmp_path).host_executable == ["proj/.git/index"]
+
+
+@pytest.mark.parametrize("data", [b"", b"DIRC", b"XXXX\0\0\0\x02\0\0\0\0", b"DIRC\0\0\0\x05\0\0\0\0",
+                                  b"DIRC\0\0\0\x02\0\0\0\x01" + b"\0" * 40])
+def test_an_index_that_does_not_parse_counts_as_a_gitlink(data):
+    assert workspace.index_has_gitlink(data)
+
+
+def test_an_index_behind_a_symlink_is_not_read_and_is_flagged(tmp_path):
+    tree(tmp_path, ".git/HEAD", "elsewhere/index")
+    (tmp_path / ".git/index").symlink_to(tmp_path / "elsewhere/index")
+    assert workspace._gitlinked_index(tmp_path, ".git/index")
+
+
+def test_a_flood_of_files_hides_no_host_run_file(tmp_path):
+    """RT2-2: 60,000 files that the walk reaches first still leave `proj/.git/commondir` (and a bare
+    git dir's config) reported, and the snapshot says it was cut."""
+    flood = tmp_path / "0flood"
+    flood.mkdir()
+    for i in range(60_000):
+        (flood / f"{i:05}").touch()
+    tree(tmp_path, "proj/.git/HEAD", "proj/.git/config", "zflood/x")
+    before = snapshot(tmp_path)
+    assert not workspace.complete(before)
+    tree(tmp_path, "proj/.git/commondir", "0flood/zz/common/HEAD", "0flood/zz/common/config", "late.txt")
+    after = snapshot(tmp_path)
+    assert not workspace.complete(after) and workspace.bound_note(before, after).startswith("more than 50,000 files")
+    changes = diff(before, after, tmp_path)
+    assert changes.host_executable == ["0flood/zz/common/config", "proj/.git/commondir"]
+    assert sum(1 for r in after if r.startswith("0flood/0")) <= workspace._MAX_FILES
+
+
+def test_only_ordinary_files_count_against_the_bound(tmp_path, monkeypatch):
+    tree(tmp_path, "a", "b", "c", "Makefile", ".git/config", "x/.envrc")
+    monkeypatch.setattr(workspace, "_MAX_FILES", 3)
+    snap = snapshot(tmp_path)
+    assert workspace.complete(snap) and workspace.bound_note(snap) is None and len(snap) == 6
+    tree(tmp_path, "d")
+    assert not workspace.complete(snapshot(tmp_path))
+
+
+def _git_sandbox(tmp_path, monkeypatch, mounted):
+    """A Sandbox whose in-container `stat` reports the real workspace and models file, and the
+    directory `mounted` for /workspace/.git: the comparison `_verify_mounts` makes, without an engine.
+    Returns it with the host `.git`'s (st_dev, st_ino), as the view took it."""
+    from pimagic import statedir
+    from pimagic.config import load_settings
+    from pimagic.sandbox import Sandbox
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("PIMAGIC_DATA_ROOT", str(tmp_path / "data"))
+    ws = tmp_path / "ws"
+    (ws / ".git").mkdir(parents=True)
+    settings = load_settings(ws, environ={})
+    box = Sandbox(settings)
+    models = statedir.view_dir(settings) / statedir.MODELS_FILE
+    models.parent.mkdir(parents=True, exist_ok=True)
+    models.write_text("{}")
+
+    def fake_exec(cmd, **_):
+        assert cmd[-1] == "/workspace/.git"
+        seen = [os.stat(ws), os.stat(models), os.stat(mounted(ws))]
+        return 0, "".join(f"{s.st_dev} {s.st_ino}\n" for s in seen).encode(), b""
+
+    monkeypatch.setattr(box, "exec", fake_exec)
+    return box, workspace.view(ws, []).git_id
+
+
+def test_verify_mounts_accepts_the_git_dir_the_view_saw(tmp_path, monkeypatch):
+    box, git_id = _git_sandbox(tmp_path, monkeypatch, lambda ws: ws / ".git")
+    assert git_id is not None
+    box._verify_mounts(None, agent_dir=None, git_dir=git_id)
+
+
+def test_verify_mounts_refuses_another_git_dir(tmp_path, monkeypatch):
+    """RT2-4: `.git` is mounted read-write from its host path: what was mounted must be the `.git`
+    the view checked, not what a swap put there (the caller then removes the container)."""
+    box, git_id = _git_sandbox(tmp_path, monkeypatch, lambda ws: ws.parent)
+    with pytest.raises(WorkspaceReplacedError, match=r"/workspace/\.git is not"):
+        box._verify_mounts(None, agent_dir=None, git_dir=git_id)
