@@ -99,3 +99,13 @@ class Pty:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def pi_processes(container) -> list[str]:
+    """The pi RPC sessions in the container (pids): pi names its process "pi", so count the leash each
+    runs behind (`leash --hup pi --mode rpc ...`), and check that a pi runs under each."""
+    rows = container.top()["Processes"] or []
+    leashes = [row for row in rows if row[-1].startswith("/usr/local/lib/pimagic/leash") and "--mode rpc" in row[-1]]
+    pis = {row[2] for row in rows if row[-1] == "pi"}  # their parents
+    assert all(row[1] in pis for row in leashes), rows
+    return [row[1] for row in leashes]  # their pids

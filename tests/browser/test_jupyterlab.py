@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 from _support import make_workspace
-from labharness import CHROMIUM, CHROMIUM_ARGS, LabError, lab_env, start_lab
+from labharness import CHROMIUM, CHROMIUM_ARGS, LabError, browser_missing, lab_env, start_lab
 
 REPO = Path(__file__).resolve().parents[2]
 NOTEBOOK = REPO / "notebooks" / "settings_panel.ipynb"
@@ -29,25 +29,9 @@ REQUIRE = os.environ.get("PIMAGIC_REQUIRE_BROWSER") == "1"
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(240)]
 
 
-def _missing() -> str | None:
-    if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
-        return f"no chromium at {CHROMIUM} (apt-get install -y chromium)"
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        return "playwright is not installed (pip install playwright)"
-    try:
-        import jupyterlab
-    except ImportError:
-        return "jupyterlab is not installed (pip install 'jupyterlab>=4')"
-    if int(jupyterlab.__version__.split(".")[0]) < 4:
-        return f"jupyterlab {jupyterlab.__version__} is too old (need >= 4)"
-    return None
-
-
 @pytest.fixture(scope="module")
 def browser_tools():
-    reason = _missing()
+    reason = browser_missing()
     if reason:
         if REQUIRE:
             pytest.fail(f"PIMAGIC_REQUIRE_BROWSER=1 but {reason}")

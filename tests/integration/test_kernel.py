@@ -13,6 +13,7 @@ import uuid
 
 import docker.errors
 import pytest
+from _support import pi_processes
 from jupyter_client.manager import start_new_kernel
 
 from pimagic.scripted_model import Turn, call, say
@@ -228,16 +229,6 @@ def warm_outcome(k: Kernel, timeout: float = 120) -> str:
     """What the kernel's background start did, once it is over ("off": none was begun)."""
     code = f"import pimagic\nw = pimagic._magics.warm\nprint('off' if w is None else w.wait({timeout}))"
     return k.execute(code, timeout=timeout + 30)["text"].strip()
-
-
-def pi_processes(container) -> list[str]:
-    """The pi RPC sessions in the container (pids): pi names its process "pi", so count the leash each
-    runs behind (`leash --hup pi --mode rpc ...`), and check that a pi runs under each."""
-    rows = container.top()["Processes"] or []
-    leashes = [row for row in rows if row[-1].startswith("/usr/local/lib/pimagic/leash") and "--mode rpc" in row[-1]]
-    pis = {row[2] for row in rows if row[-1] == "pi"}  # their parents
-    assert all(row[1] in pis for row in leashes), rows
-    return [row[1] for row in leashes]  # their pids
 
 
 def test_load_ext_starts_the_sandbox_and_pi_before_the_first_cell(kernels, scripted, settings, docker_client):
