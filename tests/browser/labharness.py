@@ -65,6 +65,16 @@ def lab_env(scratch: Path, *, image: str, pi_data_dir: Path, model: str) -> dict
     return env
 
 
+def start_lab_for(workspace: Path, tmp: Path, settings: Any) -> Lab:
+    """A lab on `workspace` for a test: its scratch dir under `tmp`, kernels using `settings`' image,
+    pi data dir and model, and this process's import path (LabError when it does not come up)."""
+    scratch = tmp / "lab"
+    scratch.mkdir()
+    env = lab_env(scratch, image=settings.image, pi_data_dir=settings.pi_data_path, model=settings.model)
+    env["PYTHONPATH"] = os.pathsep.join(sys.path)
+    return start_lab(workspace, scratch, env)
+
+
 def start_lab(root: Path, scratch: Path, env: dict[str, str], timeout: float = 60.0) -> Lab:
     """JupyterLab serving `root` (its kernels inherit `env`), answering on its status API."""
     port, token = _free_port(), secrets.token_hex(16)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import queue
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Any
 
 import pytest
 from jupyter_client import BlockingKernelClient
-from labharness import LabError, lab_env, start_lab
+from labharness import LabError, start_lab_for
 
 from pimagic.scripted_model import say
 
@@ -37,17 +36,13 @@ def lab(settings, scripted, workspace, tmp_path):
         if REQUIRE:
             pytest.fail("PIMAGIC_REQUIRE_BROWSER=1 but jupyterlab is not installed")
         pytest.skip("jupyterlab is not installed (pip install 'jupyterlab>=4')")
-    scratch = tmp_path / "lab"
-    scratch.mkdir()
-    env = lab_env(scratch, image=settings.image, pi_data_dir=settings.pi_data_path, model=settings.model)
-    env["PYTHONPATH"] = os.pathsep.join(sys.path)
     try:
-        server = start_lab(workspace, scratch, env)
+        server = start_lab_for(workspace, tmp_path, settings)
     except LabError as e:
         pytest.fail(str(e))
     clients: list[BlockingKernelClient] = []
     server.clients = clients
-    server.runtime = scratch / "jupyter-runtime"
+    server.runtime = tmp_path / "lab" / "jupyter-runtime"
     yield server
     for kc in clients:
         kc.stop_channels()

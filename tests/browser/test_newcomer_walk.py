@@ -20,7 +20,6 @@ import json
 import os
 import re
 import socket
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -39,11 +38,10 @@ from labharness import (
     cell_prompt,
     cell_text,
     error_outputs,
-    lab_env,
     menu,
     run_cell,
     start_cell,
-    start_lab,
+    start_lab_for,
     wait_cell,
 )
 
@@ -105,12 +103,8 @@ def lab(settings, scripted, workspace, tmp_path, docker_client):
     dead_url = f"http://host.docker.internal:{_closed_port(docker_client)}/v1"
     register_provider(settings, "dead", pi_provider_config(dead_url, "m"), retry=False)
     _write_notebook(workspace / "Untitled.ipynb", CELLS)
-    scratch = tmp_path / "lab"
-    scratch.mkdir()
-    env = lab_env(scratch, image=settings.image, pi_data_dir=settings.pi_data_path, model=settings.model)
-    env["PYTHONPATH"] = os.pathsep.join(sys.path)
     try:
-        server = start_lab(workspace, scratch, env)
+        server = start_lab_for(workspace, tmp_path, settings)
     except LabError as e:
         pytest.fail(str(e))
     server.dead_url = dead_url
